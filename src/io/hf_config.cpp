@@ -1,0 +1,281 @@
+// Hugging Face config.json -> ModelConfig, for both transformers generations:
+//   4.x: rope_theta + rope_scaling {rope_type|type, factor, ...}
+//   5.x: rope_parameters {rope_type, rope_theta, factor, ...}, or per layer type
+//        {"full_attention": {...}, "sliding_attention": {...}} (Gemma 3).
+#include "mlxterp/config.hpp"
+#include "mlxterp/error.hpp"
+#include "mlxterp/util.hpp"
+
+namespace mlxterp {
+
+using nlohmann::json;
+
+int64_t json_int(const json& j, const char* key, int64_t fallback, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  const auto& v = j[key];
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>()))) return int64_t(v.get<double>());
+  MLXTERP_FAIL(where, ": '", key, "' must be an integer, got ", v.dump());
+}
+
+double json_float(const json& j, const char* key, double fallback, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  const auto& v = j[key];
+  MLXTERP_CHECK(v.is_number(), where, ": '", key, "' must be a number, got ", v.dump());
+  return v.get<double>();
+}
+
+bool json_bool(const json& j, const char* key, bool fallback, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  const auto& v = j[key];
+  MLXTERP_CHECK(v.is_boolean(), where, ": '", key, "' must be true or false, got ", v.dump());
+  return v.get<bool>();
+}
+
+std::string json_string(const json& j, const char* key, const std::string& fallback, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  const auto& v = j[key];
+  MLXTERP_CHECK(v.is_string(), where, ": '", key, "' must be a string, got ", v.dump());
+  return v.get<std::string>();
+}
+
+static std::vector<double> json_float_list(const json& j, const char* key, const std::string& where) {
+  std::vector<double> out;
+  if (!j.contains(key) || j[key].is_null()) return out;
+  MLXTERP_CHECK(j[key].is_array(), where, ": '", key, "' must be a list of numbers");
+  for (const auto& x : j[key]) {
+    MLXTERP_CHECK(x.is_number(), where, ": '", key, "' must be a list of numbers, got ", x.dump());
+    out.push_back(x.get<double>());
+  }
+  return out;
+}
+
+// One RoPE parameter block (4.x rope_scaling or a 5.x rope_parameters entry).
+static RopeParams parse_rope_block(const json& b, RopeParams base, const std::string& where) {
+  MLXTERP_CHECK(b.is_object(), where, ": rope parameters must be an object, got ", b.dump());
+  std::string type = json_string(b, "rope_type", json_string(b, "type", base.type, where), where);
+  if (type == "su") type = "longrope";  // early Phi-3 name
+  static const char* known[] = {"default", "linear", "dynamic", "llama3", "yarn", "longrope"};
+  bool ok = false;
+  for (const char* k : known) ok |= type == k;
+  MLXTERP_CHECK(ok, where, ": unsupported rope_type '", type,
+                "'; expected default, linear, dynamic, llama3, yarn or longrope");
+  base.type = type;
+  base.theta = json_float(b, "rope_theta", base.theta, where);
+  base.factor = json_float(b, "factor", base.factor, where);
+  base.low_freq_factor = json_float(b, "low_freq_factor", base.low_freq_factor, where);
+  base.high_freq_factor = json_float(b, "high_freq_factor", base.high_freq_factor, where);
+  base.original_max_position_embeddings =
+      json_int(b, "original_max_position_embeddings", base.original_max_position_embeddings, where);
+  base.beta_fast = json_float(b, "beta_fast", base.beta_fast, where);
+  base.beta_slow = json_float(b, "beta_slow", base.beta_slow, where);
+  if (b.contains("attention_factor") && !b["attention_factor"].is_null())
+    base.attention_factor = json_float(b, "attention_factor", 1.0, where);
+  auto sf = json_float_list(b, "short_factor", where);
+  auto lf = json_float_list(b, "long_factor", where);
+  if (!sf.empty()) base.short_factor = sf;
+  if (!lf.empty()) base.long_factor = lf;
+  base.partial_rotary_factor = json_float(b, "partial_rotary_factor", base.partial_rotary_factor, where);
+  if (type == "llama3")
+    MLXTERP_CHECK(base.original_max_position_embeddings > 0, where,
+                  ": llama3 rope scaling needs original_max_position_embeddings > 0");
+  return base;
+}
+
+std::map<std::string, RopeParams> parse_rope(const json& j, const std::string& where) {
+  RopeParams base;
+  base.theta = json_float(j, "rope_theta", 10000.0, where);
+  base.partial_rotary_factor = json_float(j, "partial_rotary_factor", json_float(j, "rotary_pct", 1.0, where), where);
+  std::map<std::string, RopeParams> out;
+  if (j.contains("rope_parameters") && !j["rope_parameters"].is_null()) {
+    const json& rp = j["rope_parameters"];
+    MLXTERP_CHECK(rp.is_object(), where, ": 'rope_parameters' must be an object");
+    bool per_type = false;
+    for (auto it = rp.begin(); it != rp.end(); ++it) per_type |= it.value().is_object();
+    if (per_type) {
+      for (auto it = rp.begin(); it != rp.end(); ++it)
+        out[it.key()] = parse_rope_block(it.value(), base, where + ": rope_parameters." + it.key());
+      if (!out.count("default") && out.count("full_attention")) out["default"] = out["full_attention"];
+    } else {
+      out["default"] = parse_rope_block(rp, base, where + ": rope_parameters");
+    }
+  } else if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    out["default"] = parse_rope_block(j["rope_scaling"], base, where + ": rope_scaling");
+  } else {
+    out["default"] = base;
+  }
+  // Gemma 3 (4.x): the local (sliding) layers use rope_local_base_freq with no scaling.
+  if (j.contains("rope_local_base_freq") && !out.count("sliding_attention")) {
+    RopeParams local = base;
+    local.theta = json_float(j, "rope_local_base_freq", base.theta, where);
+    out["sliding_attention"] = local;
+  }
+  return out;
+}
+
+const RopeParams& ModelConfig::rope_for_layer(int64_t i) const {
+  if (i >= 0 && i < int64_t(layer_types.size())) {
+    auto it = rope.find(layer_types[i]);
+    if (it != rope.end()) return it->second;
+  }
+  auto it = rope.find("default");
+  MLXTERP_ASSERT(it != rope.end());
+  return it->second;
+}
+
+bool ModelConfig::is_sliding(int64_t i) const {
+  return sliding_window.has_value() && i >= 0 && i < int64_t(layer_types.size()) &&
+         layer_types[i] == "sliding_attention";
+}
+
+void ModelConfig::validate(const std::string& where) const {
+  auto pos = [&](const char* name, int64_t v) {
+    MLXTERP_CHECK(v > 0, where, ": ", name, " must be > 0, got ", v);
+  };
+  pos("hidden_size", d_model);
+  pos("num_hidden_layers", n_layers);
+  pos("num_attention_heads", n_heads);
+  pos("num_key_value_heads", n_kv_heads);
+  pos("head_dim", d_head);
+  pos("vocab_size", d_vocab);
+  MLXTERP_CHECK(n_heads % n_kv_heads == 0, where, ": num_attention_heads (", n_heads,
+                ") must be a multiple of num_key_value_heads (", n_kv_heads, ")");
+  MLXTERP_CHECK(int64_t(layer_types.size()) == n_layers, where, ": layer_types has ", layer_types.size(),
+                " entries; expected one per layer (", n_layers, ")");
+  if (sliding_window) MLXTERP_CHECK(*sliding_window > 0, where, ": sliding_window must be > 0, got ", *sliding_window);
+}
+
+static int64_t first_id(const json& j, const char* key, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return -1;
+  if (j[key].is_array()) return j[key].empty() ? -1 : j[key][0].get<int64_t>();
+  return json_int(j, key, -1, where);
+}
+
+ModelConfig parse_hf_config(const json& j, const std::string& where) {
+  MLXTERP_CHECK(j.is_object(), where, ": config must be a JSON object");
+  ModelConfig c;
+  c.raw = j;
+  c.model_type = json_string(j, "model_type", "", where);
+  if (c.model_type.empty() && j.contains("architectures") && j["architectures"].is_array() &&
+      !j["architectures"].empty()) {
+    std::string a = j["architectures"][0].get<std::string>();
+    if (a.find("Llama") != std::string::npos) c.model_type = "llama";
+  }
+  MLXTERP_CHECK(!c.model_type.empty(), where, ": no 'model_type'; expected e.g. \"llama\", \"qwen2\", \"mistral\"");
+  // Some families nest the text model's config (Gemma 3 multimodal).
+  const json& t = (j.contains("text_config") && j["text_config"].is_object()) ? j["text_config"] : j;
+  c.arch = c.model_type;
+  if (c.arch == "gemma3_text") c.arch = "gemma3";
+  // GPT-2 style names.
+  c.d_model = json_int(t, "hidden_size", json_int(t, "n_embd", 0, where), where);
+  c.n_layers = json_int(t, "num_hidden_layers", json_int(t, "n_layer", 0, where), where);
+  c.n_heads = json_int(t, "num_attention_heads", json_int(t, "n_head", 0, where), where);
+  c.n_kv_heads = json_int(t, "num_key_value_heads", c.n_heads, where);
+  if (c.n_heads > 0) c.d_head = json_int(t, "head_dim", c.d_model / c.n_heads, where);
+  c.d_mlp = json_int(t, "intermediate_size", json_int(t, "n_inner", 4 * c.d_model, where), where);
+  c.d_vocab = json_int(t, "vocab_size", 0, where);
+  c.n_ctx = json_int(t, "max_position_embeddings", json_int(t, "n_positions", 2048, where), where);
+  c.norm_eps = json_float(t, "rms_norm_eps",
+                          json_float(t, "layer_norm_eps", json_float(t, "layer_norm_epsilon", 1e-5, where), where),
+                          where);
+  c.hidden_act = json_string(t, "hidden_act", json_string(t, "hidden_activation",
+                                                          json_string(t, "activation_function", "silu", where), where),
+                             where);
+  c.tie_word_embeddings = json_bool(j, "tie_word_embeddings", json_bool(t, "tie_word_embeddings", true, where), where);
+  // transformers defaults tie_word_embeddings=True in PretrainedConfig; Llama/Mistral/Qwen2 configs
+  // override to False in their classes, so an absent key means "that class's default".
+  if (!j.contains("tie_word_embeddings") && !t.contains("tie_word_embeddings")) {
+    static const char* untied_by_default[] = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
+                                              "qwen3_moe", "olmo2", "olmoe", "phi3", "gpt_neox"};
+    for (const char* a : untied_by_default)
+      if (c.model_type == a) c.tie_word_embeddings = false;
+  }
+  c.attention_bias = json_bool(t, "attention_bias", c.model_type == "qwen2" || c.model_type == "qwen2_moe", where);
+  c.mlp_bias = json_bool(t, "mlp_bias", false, where);
+  c.qk_norm = c.model_type == "qwen3" || c.model_type == "qwen3_moe" || c.model_type == "gemma3" ||
+              c.model_type == "gemma3_text" || c.model_type == "olmo2" || c.model_type == "olmoe";
+  // Sliding windows: Mistral/Gemma use `sliding_window`; Qwen2 only with use_sliding_window=true.
+  if (t.contains("sliding_window") && !t["sliding_window"].is_null()) {
+    bool use = json_bool(t, "use_sliding_window", c.model_type.rfind("qwen", 0) != 0, where);
+    if (use) c.sliding_window = json_int(t, "sliding_window", 0, where);
+  }
+  // Layer types (5.x writes them; 4.x Gemma 2/3 and Qwen2 derive them).
+  if (t.contains("layer_types") && t["layer_types"].is_array()) {
+    for (const auto& x : t["layer_types"]) {
+      MLXTERP_CHECK(x.is_string(), where, ": layer_types entries must be strings, got ", x.dump());
+      c.layer_types.push_back(x.get<std::string>());
+    }
+  } else {
+    for (int64_t i = 0; i < c.n_layers; ++i) {
+      std::string kind = c.sliding_window ? "sliding_attention" : "full_attention";
+      if (c.model_type == "gemma2") kind = (i % 2 == 0) ? "sliding_attention" : "full_attention";
+      if (c.model_type == "gemma3" || c.model_type == "gemma3_text") {
+        int64_t pattern = json_int(t, "sliding_window_pattern", 6, where);
+        kind = ((i + 1) % pattern != 0) ? "sliding_attention" : "full_attention";
+      }
+      if (c.model_type == "qwen2" || c.model_type == "qwen2_moe" || c.model_type == "qwen3") {
+        int64_t max_window_layers = json_int(t, "max_window_layers", c.n_layers, where);
+        kind = (c.sliding_window && i >= max_window_layers) ? "sliding_attention" : "full_attention";
+      }
+      c.layer_types.push_back(kind);
+    }
+  }
+  for (const auto& lt : c.layer_types)
+    MLXTERP_CHECK(lt == "full_attention" || lt == "sliding_attention", where, ": unsupported layer type '", lt,
+                  "'; expected full_attention or sliding_attention");
+  bool any_sliding = std::find(c.layer_types.begin(), c.layer_types.end(), "sliding_attention") != c.layer_types.end();
+  if (!any_sliding) c.sliding_window.reset();
+  MLXTERP_CHECK(!any_sliding || c.sliding_window, where, ": layer_types has sliding_attention layers but no sliding_window");
+  c.rope = parse_rope(t, where);
+  c.bos_token_id = first_id(t, "bos_token_id", where);
+  c.eos_token_id = first_id(t, "eos_token_id", where);
+  c.pad_token_id = first_id(t, "pad_token_id", where);
+  c.torch_dtype = json_string(j, "torch_dtype", json_string(j, "dtype", "", where), where);
+  c.validate(where);
+  return c;
+}
+
+json ModelConfig::to_hf_json() const {
+  json j = raw.is_object() ? raw : json::object();
+  j["model_type"] = model_type.empty() ? arch : model_type;
+  j["hidden_size"] = d_model;
+  j["num_hidden_layers"] = n_layers;
+  j["num_attention_heads"] = n_heads;
+  j["num_key_value_heads"] = n_kv_heads;
+  j["head_dim"] = d_head;
+  j["intermediate_size"] = d_mlp;
+  j["vocab_size"] = d_vocab;
+  j["max_position_embeddings"] = n_ctx;
+  j["rms_norm_eps"] = norm_eps;
+  j["hidden_act"] = hidden_act;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["attention_bias"] = attention_bias;
+  if (sliding_window) j["sliding_window"] = *sliding_window;
+  j["layer_types"] = layer_types;
+  auto block = [](const RopeParams& r) {
+    json b = {{"rope_type", r.type}, {"rope_theta", r.theta}};
+    if (r.type != "default") b["factor"] = r.factor;
+    if (r.type == "llama3") {
+      b["low_freq_factor"] = r.low_freq_factor;
+      b["high_freq_factor"] = r.high_freq_factor;
+      b["original_max_position_embeddings"] = r.original_max_position_embeddings;
+    }
+    if (r.partial_rotary_factor != 1.0) b["partial_rotary_factor"] = r.partial_rotary_factor;
+    return b;
+  };
+  if (rope.size() == 1) {
+    j["rope_parameters"] = block(rope.at("default"));
+  } else {
+    json rp = json::object();
+    for (const auto& [k, r] : rope)
+      if (k != "default") rp[k] = block(r);
+    j["rope_parameters"] = rp;
+  }
+  j.erase("rope_theta");
+  j.erase("rope_scaling");
+  if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
+  if (eos_token_id >= 0) j["eos_token_id"] = eos_token_id;
+  return j;
+}
+
+}  // namespace mlxterp

@@ -1,0 +1,73 @@
+// Shared transformer building blocks (norms, RoPE variants, masks, attention, activations), written
+// once and used by every architecture file. All functions are plain libtorch expressions, so they
+// run on CPU and CUDA, in any dtype, and are differentiable.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+#include "mlxterp/config.hpp"
+
+namespace mlxterp::blocks {
+
+// RMSNorm as HF computes it: in float32, then cast back; `plus_one` is Gemma's (1 + w) scaling.
+//   x: [..., d], w: [d]
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool plus_one = false);
+// LayerNorm with optional bias (GPT-2, NeoX).
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps);
+
+// Activation by HF name: silu/swish, gelu, gelu_new / gelu_pytorch_tanh (tanh approximation), relu, gelu_fast.
+at::Tensor activation(const std::string& name, const at::Tensor& x);
+
+// ---- rotary embeddings --------------------------------------------------------------------------
+
+struct Rope {
+  RopeParams params;
+  int64_t d_head = 0, rot_dim = 0;  // rot_dim = d_head * partial_rotary_factor (even)
+  int64_t n_ctx = 0;                // max_position_embeddings (dynamic / longrope switch)
+  at::Tensor inv_freq;              // [rot_dim / 2] float32
+  double attention_scaling = 1.0;   // yarn / longrope multiply cos and sin by this
+};
+Rope make_rope(const RopeParams& params, int64_t d_head, int64_t n_ctx);
+// cos, sin: [batch, t, rot_dim] (float32) for absolute positions [batch, t].
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const Rope& rope, const at::Tensor& position_ids);
+// HF rotate_half layout: x [b, heads, t, d_head]; rotates the first rot_dim dims.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// ---- masks and attention ------------------------------------------------------------------------
+
+// Positions for a forward pass: from the mask when given (count of real tokens before each one),
+// else past + arange(t). Returns [batch, t] int64.
+at::Tensor default_positions(int64_t batch, int64_t t, int64_t past, const at::Tensor& attention_mask,
+                             at::Device device);
+
+// Boolean "may attend" mask [batch, 1, t, t_total]: causal, optional sliding window (a query at
+// position i sees keys j with i - window < j <= i, as HF's masking_utils), optional padding
+// (attention_mask [batch, t_total], 1 = real). Padding queries attend to themselves only, so no
+// row is empty and nothing turns into NaN.
+at::Tensor attention_mask(int64_t batch, int64_t t, int64_t past, const at::Tensor& padding_mask,
+                          std::optional<int64_t> sliding_window, at::Device device);
+
+struct AttentionOptions {
+  double scale = 0;                    // 0 = 1/sqrt(d_head)
+  std::optional<double> softcap;       // Gemma 2: tanh(s / cap) * cap before masking
+  bool need_weights = false;           // also return the probabilities
+};
+
+// q: [b, n_heads, t, d_head], k/v: [b, n_kv_heads, t_total, d_head], mask [b, 1, t, t_total] bool.
+// Returns the per-head outputs [b, n_heads, t, d_head]; if need_weights, *weights = [b, n_heads, t, t_total]
+// (softmax computed in float32, cast to q's dtype, as HF eager attention).
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                     const AttentionOptions& options, at::Tensor* weights = nullptr);
+
+// GQA: [b, n_kv, T, d] -> [b, n_kv * n_rep, T, d] (head h uses kv head h / n_rep).
+at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep);
+
+// y = x W^T (+ b) with an undefined bias allowed.
+inline at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+}  // namespace mlxterp::blocks

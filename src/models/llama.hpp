@@ -1,0 +1,63 @@
+// The Llama family: Llama 2/3 (incl. llama3 RoPE scaling), Mistral (sliding window), Qwen2 (q/k/v
+// bias), Qwen3 (per-head q/k RMSNorm), SmolLM, TinyLlama. Other pre-norm decoder families derive from
+// LlamaModel and override the pieces that differ (norm, MLP, attention options, embedding scale).
+#pragma once
+
+#include <vector>
+
+#include "mlxterp/model.hpp"
+#include "models/blocks.hpp"
+
+namespace mlxterp {
+
+class LlamaModel : public Model {
+ public:
+  LlamaModel(const ModelConfig& config, TensorMap weights);
+
+  at::Tensor forward(const at::Tensor& ids, const ForwardArgs& args, Hooks& hooks) override;
+  at::Tensor embed(const at::Tensor& ids) const override;
+  at::Tensor final_norm(const at::Tensor& h) const override;
+  at::Tensor unembed(const at::Tensor& h) const override;
+  at::Tensor unembedding_matrix() const override;
+  std::map<std::string, std::vector<int64_t>> expected_weights() const override;
+
+ protected:
+  // Site ids of one block, in execution order (-1 where the architecture has no such site).
+  struct LayerSites {
+    int resid_pre = -1, input_norm = -1, q = -1, k = -1, v = -1, q_norm = -1, k_norm = -1, attn_weights = -1, z = -1,
+        o = -1, attn = -1, resid_mid = -1, post_norm = -1, gate = -1, up = -1, hidden = -1, down = -1, mlp = -1,
+        out = -1;
+  };
+  // Per-layer weight handles (undefined where absent), refreshed by bind().
+  struct LayerWeights {
+    at::Tensor ln1, q, k, v, o, qb, kb, vb, ob, qn, kn, ln2, gate, up, down, gate_b, up_b, down_b;
+  };
+  // Everything a block needs from the surrounding forward pass.
+  struct Context {
+    int64_t batch = 0, t = 0, past = 0;
+    at::Tensor positions;               // [b, t]
+    at::Tensor full_mask, sliding_mask;  // [b, 1, t, t_total] bool
+    std::map<std::string, std::pair<at::Tensor, at::Tensor>> cos_sin;  // by layer type
+    KVCache* cache = nullptr;
+  };
+
+  void build_sites();
+  void bind() override;
+  std::string layer_prefix(int i) const { return "model.layers." + std::to_string(i); }
+
+  // Overridable pieces (defaults are Llama's).
+  virtual at::Tensor norm(const at::Tensor& x, const at::Tensor& w) const;
+  virtual at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H);
+  virtual at::Tensor attention_block(int i, const at::Tensor& h, Context& ctx, Hooks& H);
+  virtual at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H);
+  virtual blocks::AttentionOptions attention_options(int i) const;
+  virtual void add_layer_expected(int i, std::map<std::string, std::vector<int64_t>>& out) const;
+
+  std::vector<LayerSites> ls_;
+  std::vector<LayerWeights> lw_;
+  std::vector<blocks::Rope> ropes_;  // per layer
+  at::Tensor embed_w_, norm_w_, head_w_;
+  int embed_site_ = -1, norm_site_ = -1, head_site_ = -1;
+};
+
+}  // namespace mlxterp
