@@ -89,6 +89,11 @@ Rope make_rope(const RopeParams& p, int64_t d_head, int64_t n_ctx) {
     inv = inv / sf;
   }
   // "dynamic" is applied per sequence length in rope_cos_sin; "default" needs nothing.
+  if (!p.freq_factors.empty()) {
+    MLXTERP_CHECK(int64_t(p.freq_factors.size()) == dim / 2, "config: rope freq_factors has the wrong length; expected "
+                  "rotary_dim / 2 = ", dim / 2, " entries, got ", p.freq_factors.size());
+    inv = inv / at::tensor(std::vector<float>(p.freq_factors.begin(), p.freq_factors.end()));
+  }
   r.inv_freq = inv.contiguous();
   return r;
 }
