@@ -244,3 +244,72 @@ TEST(IOGGUFModel, InconsistentFilesGetClearErrors) {
     EXPECT_HAS(error_of([&] { read_gguf_model(data_path("vocab-gguf/ggml-vocab-llama-spm.gguf")); }), "--tokenizer");
   }
 }
+
+// The llama3_rope HF golden (transformers 5.17, llama3 scaling with an original context of 16) converted
+// to GGUF as llama.cpp's convert_hf_to_gguf.py does it — Q/K rows permuted for interleaved RoPE, scaling
+// as rope_freqs.weight — reproduces transformers' logits.
+TEST(IOGGUFModel, Llama3GoldenAsGGUFMatchesTransformers) {
+  const std::string dir = golden_path("hf/llama3_rope");
+  if (!file_exists(join_path(dir, "reference.safetensors"))) GTEST_SKIP() << "no HF golden at " << dir;
+  auto cfg = nlohmann::json::parse(read_file(join_path(dir, "config.json")));
+  const auto& rp = cfg["rope_parameters"];
+  const int64_t H = cfg["num_attention_heads"], KV = cfg["num_key_value_heads"], L = cfg["num_hidden_layers"];
+  const int64_t d_head = cfg["head_dim"];
+  TensorMap hf = SafeTensors::open(join_path(dir, "model.safetensors")).all();
+  // convert_hf_to_gguf's permute: rows [head][2][pair] -> [head][pair][2].
+  auto permute = [](const at::Tensor& w, int64_t n_head) {
+    return w.reshape({n_head, 2, w.size(0) / n_head / 2, w.size(1)}).transpose(1, 2).reshape(w.sizes()).contiguous();
+  };
+  GGUFBuilder b;
+  auto u32 = [&](const std::string& k, int64_t v) { b.add_u32(k, uint32_t(v)); };
+  b.add_str("general.architecture", "llama");
+  u32("llama.embedding_length", cfg["hidden_size"]);
+  u32("llama.block_count", L);
+  u32("llama.attention.head_count", H);
+  u32("llama.attention.head_count_kv", KV);
+  u32("llama.attention.key_length", d_head);
+  u32("llama.attention.value_length", d_head);
+  u32("llama.rope.dimension_count", d_head);
+  u32("llama.feed_forward_length", cfg["intermediate_size"]);
+  u32("llama.context_length", cfg["max_position_embeddings"]);
+  b.add_f32("llama.rope.freq_base", rp["rope_theta"].get<float>());
+  b.add_f32("llama.attention.layer_norm_rms_epsilon", cfg["rms_norm_eps"].get<float>());
+  auto put = [&](const std::string& name, const at::Tensor& t) { b.tensor(name, ne_of(t.sizes()), 0, f32_bytes(t)); };
+  put("token_embd.weight", hf.at("model.embed_tokens.weight"));
+  put("output_norm.weight", hf.at("model.norm.weight"));
+  put("rope_freqs.weight", at::tensor(llama3_rope_factors(rp["rope_theta"], d_head, rp["factor"], rp["low_freq_factor"],
+                                                          rp["high_freq_factor"],
+                                                          rp["original_max_position_embeddings"])));
+  for (int64_t i = 0; i < L; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".", g = "blk." + std::to_string(i) + ".";
+    put(g + "attn_norm.weight", hf.at(p + "input_layernorm.weight"));
+    put(g + "attn_q.weight", permute(hf.at(p + "self_attn.q_proj.weight"), H));
+    put(g + "attn_k.weight", permute(hf.at(p + "self_attn.k_proj.weight"), KV));
+    put(g + "attn_v.weight", hf.at(p + "self_attn.v_proj.weight"));
+    put(g + "attn_output.weight", hf.at(p + "self_attn.o_proj.weight"));
+    put(g + "ffn_norm.weight", hf.at(p + "post_attention_layernorm.weight"));
+    put(g + "ffn_gate.weight", hf.at(p + "mlp.gate_proj.weight"));
+    put(g + "ffn_up.weight", hf.at(p + "mlp.up_proj.weight"));
+    put(g + "ffn_down.weight", hf.at(p + "mlp.down_proj.weight"));
+  }
+  TempDir tmp;
+  write_bytes(tmp.file("llama3.gguf"), b.build());
+  ModelFiles f = read_gguf_model(tmp.file("llama3.gguf"));
+  EXPECT_EQ(f.config.rope_for_layer(0).type, "default");
+  EXPECT_EQ(f.config.rope_for_layer(0).freq_factors.size(), size_t(d_head / 2));
+  for (const auto& [name, w] : hf) EXPECT_TRUE(at::equal(f.weights.at(name), w)) << name;
+  TensorMap ref = SafeTensors::open(join_path(dir, "reference.safetensors")).all();
+  at::Tensor ids = ref.at("input_ids").to(at::kLong);
+  ModelConfig unscaled = f.config;
+  unscaled.rope["default"].freq_factors.clear();
+  TensorMap weights_copy = f.weights;
+  auto model = create_model(f.config, std::move(f.weights));
+  Hooks h(model->sites());
+  at::Tensor logits = model->forward(ids, {}, h);
+  double err = max_abs_diff(logits, ref.at("logits"));
+  EXPECT_LT(err, 1e-4) << "GGUF with rope_freqs vs transformers' llama3 RoPE";
+  // Without the factors the same weights give other logits (the test can tell).
+  auto plain = create_model(unscaled, std::move(weights_copy));
+  Hooks h2(plain->sites());
+  EXPECT_GT(max_abs_diff(plain->forward(ids, {}, h2), ref.at("logits")), 1e-3);
+}

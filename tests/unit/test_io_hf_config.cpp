@@ -1,5 +1,7 @@
 // HF config.json parsing, both transformers generations: 4.x rope_theta + rope_scaling, 5.x
 // rope_parameters (single and per layer type), Qwen2's sliding-window switches, and bad values.
+#include <filesystem>
+
 #include "common.hpp"
 #include "mlxterp/config.hpp"
 #include "test_io_util.hpp"
@@ -200,4 +202,45 @@ TEST(IOHFConfig, BadValuesAreNamed) {
   EXPECT_HAS(parse_error(json::array()), "config must be a JSON object");
   // eos_token_id given as a list (Llama 3.1) takes the first.
   EXPECT_EQ(parse(with("eos_token_id", json{128001, 128008})).eos_token_id, 128001);
+}
+
+// Real transformers output: every golden model's config.json (5.x, as transformers 5.17 saved it) and
+// config_v4.json (the same model in the 4.x form) parse to the same ModelConfig.
+TEST(IOHFConfig, TransformersFourAndFiveFormsAgreeOnEveryGolden) {
+  const std::string root = mlxterp::test::golden_path("hf");
+  if (!is_directory(root)) GTEST_SKIP() << "no HF goldens at " << root;
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(root)) {
+    const std::string dir = e.path().string();
+    if (!file_exists(join_path(dir, "config_v4.json"))) continue;
+    SCOPED_TRACE(dir);
+    ModelConfig v5 = parse_hf_config(json::parse(read_file(join_path(dir, "config.json"))), "config.json");
+    ModelConfig v4 = parse_hf_config(json::parse(read_file(join_path(dir, "config_v4.json"))), "config_v4.json");
+    EXPECT_EQ(v4.arch, v5.arch);
+    EXPECT_EQ(v4.d_model, v5.d_model);
+    EXPECT_EQ(v4.n_layers, v5.n_layers);
+    EXPECT_EQ(v4.n_heads, v5.n_heads);
+    EXPECT_EQ(v4.n_kv_heads, v5.n_kv_heads);
+    EXPECT_EQ(v4.d_head, v5.d_head);
+    EXPECT_EQ(v4.d_mlp, v5.d_mlp);
+    EXPECT_EQ(v4.d_vocab, v5.d_vocab);
+    EXPECT_EQ(v4.norm_eps, v5.norm_eps);
+    EXPECT_EQ(v4.tie_word_embeddings, v5.tie_word_embeddings);
+    EXPECT_EQ(v4.attention_bias, v5.attention_bias);
+    EXPECT_EQ(v4.qk_norm, v5.qk_norm);
+    EXPECT_EQ(v4.sliding_window, v5.sliding_window);
+    EXPECT_EQ(v4.layer_types, v5.layer_types);
+    for (int64_t i = 0; i < v5.n_layers; ++i) {
+      const RopeParams &a = v4.rope_for_layer(i), &b = v5.rope_for_layer(i);
+      EXPECT_EQ(a.type, b.type) << "layer " << i;
+      EXPECT_EQ(a.theta, b.theta) << "layer " << i;
+      EXPECT_EQ(a.factor, b.factor) << "layer " << i;
+      EXPECT_EQ(a.low_freq_factor, b.low_freq_factor) << "layer " << i;
+      EXPECT_EQ(a.high_freq_factor, b.high_freq_factor) << "layer " << i;
+      EXPECT_EQ(a.original_max_position_embeddings, b.original_max_position_embeddings) << "layer " << i;
+      EXPECT_EQ(a.partial_rotary_factor, b.partial_rotary_factor) << "layer " << i;
+    }
+    ++n;
+  }
+  EXPECT_GE(n, 10) << "expected the HF goldens of tests/golden/hf";
 }
