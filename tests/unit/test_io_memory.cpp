@@ -28,17 +28,22 @@ struct Report {
 Report run_worker(const std::string& model) {
   TempDir tmp;
   const std::string out = tmp.file("report.txt");
+  // Everything the child needs is prepared before fork (only async-signal-safe calls after it).
+  std::vector<std::string> env_strings = {"MLXTERP_MEMORY_WORKER=" + model, "MLXTERP_MEMORY_REPORT=" + out};
+  for (char** e = environ; *e; ++e)
+    if (!starts_with(*e, "MLXTERP_MEMORY_")) env_strings.emplace_back(*e);
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  char exe[] = "/proc/self/exe";
+  char filter[] = "--gtest_filter=IOMemoryWorker.Run";
+  char* argv[] = {exe, filter, nullptr};
   pid_t pid = fork();
   if (pid == 0) {
-    setenv("MLXTERP_MEMORY_WORKER", model.c_str(), 1);
-    setenv("MLXTERP_MEMORY_REPORT", out.c_str(), 1);
     int null = ::open("/dev/null", O_WRONLY);
     dup2(null, 1);
     dup2(null, 2);
-    char exe[] = "/proc/self/exe";
-    char filter[] = "--gtest_filter=IOMemoryWorker.Run";
-    char* argv[] = {exe, filter, nullptr};
-    execv(exe, argv);
+    execve(exe, argv, envp.data());
     _exit(127);
   }
   Report r;
