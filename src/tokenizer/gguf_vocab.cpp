@@ -70,6 +70,13 @@ std::shared_ptr<Tokenizer> load_gguf_vocab(const std::string& path) {
       spec.added.push_back(std::move(a));
     }
   }
+  // llama.cpp's per-model token attributes: Phi-3's special tokens swallow the whitespace after them
+  // (as the rstrip flags of its Hugging Face tokenizer.json do), except <unk>, <s> and <|endoftext|>.
+  const std::string name = to_lower(g.has("general.name") ? g.get_string("general.name") : "");
+  if (name.find("phi-3") != std::string::npos || name.find("phi3") != std::string::npos) {
+    for (auto& a : spec.added)
+      a.rstrip = a.content != "<unk>" && a.content != "<s>" && a.content != "<|endoftext|>";
+  }
   for (size_t i = 0; i < n; ++i)
     if (types[i] != kControl && types[i] != kUnknown) spec.model_vocab.emplace(spec.vocab[i], int32_t(i));
   const bool has_add_bos = g.has("tokenizer.ggml.add_bos_token");

@@ -4,6 +4,8 @@
 //
 // encode() is llama2.c's: a " " dummy prefix, characters looked up one by one (byte tokens id + 3 for
 // characters outside the vocabulary), then the best-scoring adjacent pair merged until none remains.
+// It equals SentencePiece's encoding with the .model these files were exported from: "<s>" in the
+// text is text (as in llama2.c and SentencePiece), and a literal "▁" counts as a space.
 // decode() drops the leading space of the first piece (and of the piece after BOS), like
 // SentencePiece; consecutive byte tokens are joined and shown as U+FFFD per byte if not valid UTF-8.
 #include "mlxterp/error.hpp"
@@ -41,7 +43,9 @@ class Llama2cTokenizer : public Tokenizer {
     check_utf8(text, path_);
     std::vector<int32_t> out;
     if (options.add_special) out.push_back(special_.bos);
-    if (!text.empty()) bpe_->encode(" " + std::string(text), out);
+    // SentencePiece (which made these vocabularies and pretokenized the training data) treats a
+    // literal "▁" exactly like a space; llama2.c's run.c would byte-encode it.
+    if (!text.empty()) bpe_->encode(" " + replace_all(text, kSpmSpace, " "), out);
     return out;
   }
 
