@@ -2,6 +2,7 @@
 // prefix ("llama.", "qwen2.", ...) and a tensor-name table mapping `blk.{i}.attn_q.weight` and friends
 // onto Hugging Face names. llama.cpp stores the Q/K rows of llama-style models permuted for its
 // interleaved RoPE; we undo that so the weights are exactly HF's.
+#include "io/gguf_arch.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/model.hpp"
 
@@ -48,11 +49,12 @@ ModelFiles read_gguf_model(const std::string& path) {
   MLXTERP_CHECK(g.has("general.architecture"), path, ": no general.architecture metadata; expected a model GGUF "
                                                      "(vocabulary-only GGUFs can be used with --tokenizer)");
   const std::string arch = g.get_string("general.architecture");
+  if (gguf_family_handles(g, arch)) return read_gguf_family_model(g, arch, path);  // src/io/gguf_arch.cpp
   static const char* supported[] = {"llama", "mistral", "qwen2", "qwen3"};
   bool ok = false;
   for (const char* a : supported) ok |= arch == a;
   MLXTERP_CHECK(ok, path, ": GGUF architecture '", arch, "' is not supported yet; expected one of llama, mistral, "
-                          "qwen2, qwen3");
+                          "qwen2, qwen3, gemma, gemma2, gemma3, phi3, gpt2, gptneox, olmo2, qwen2moe, qwen3moe, olmoe");
   MLXTERP_CHECK(!g.tensor_infos().empty(), path, ": holds no tensors (a vocabulary-only GGUF? use it with --tokenizer)");
   const std::string p = arch + ".";
   ModelFiles out;
