@@ -23,6 +23,8 @@ class GPT2Model : public FamilyModel {
                   "num_key_value_heads == n_head, got ", config_.n_kv_heads, " vs ", config_.n_heads);
     MLXTERP_CHECK(config_.d_head * config_.n_heads == config_.d_model, where, ": n_embd (", config_.d_model,
                   ") must equal n_head x head_dim");
+    // Checkpoints saved from GPT2Model (openai-community/gpt2 itself) have no "transformer." prefix.
+    prefix_ = has_weight("wte.weight") && !has_weight("transformer.wte.weight") ? "" : "transformer.";
     init();
     ropes_.clear();  // learned positions, no rotary embedding
   }
@@ -39,10 +41,11 @@ class GPT2Model : public FamilyModel {
     const auto& c = config_;
     const int64_t d = c.d_model, f = c.d_mlp;
     std::map<std::string, std::vector<int64_t>> out;
-    out["transformer.wte.weight"] = {c.d_vocab, d};
-    out["transformer.wpe.weight"] = {c.n_ctx, d};
+    const std::string& P = prefix_;
+    out[P + "wte.weight"] = {c.d_vocab, d};
+    out[P + "wpe.weight"] = {c.n_ctx, d};
     for (int i = 0; i < c.n_layers; ++i) {
-      const std::string p = "transformer.h." + std::to_string(i) + ".";
+      const std::string p = P + "h." + std::to_string(i) + ".";
       for (const char* ln : {"ln_1", "ln_2"}) {
         out[p + ln + ".weight"] = {d};
         out[p + ln + ".bias"] = {d};
@@ -56,8 +59,8 @@ class GPT2Model : public FamilyModel {
       out[p + "mlp.c_proj.weight"] = {f, d};
       out[p + "mlp.c_proj.bias"] = {d};
     }
-    out["transformer.ln_f.weight"] = {d};
-    out["transformer.ln_f.bias"] = {d};
+    out[P + "ln_f.weight"] = {d};
+    out[P + "ln_f.bias"] = {d};
     // Tied checkpoints usually omit lm_head; one that carries it anyway is used as given.
     if (!c.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {c.d_vocab, d};
     return out;
@@ -107,7 +110,7 @@ class GPT2Model : public FamilyModel {
     lw_.assign(config_.n_layers, {});
     ex_.assign(config_.n_layers, {});
     for (int i = 0; i < config_.n_layers; ++i) {
-      const std::string p = "transformer.h." + std::to_string(i) + ".";
+      const std::string p = prefix_ + "h." + std::to_string(i) + ".";
       LayerWeights& l = lw_[i];
       Extra& e = ex_[i];
       l.ln1 = opt_weight(p + "ln_1.weight");
@@ -127,10 +130,10 @@ class GPT2Model : public FamilyModel {
       e.c_proj_t = t("mlp.c_proj.weight");
       e.c_proj_b = opt_weight(p + "mlp.c_proj.bias");
     }
-    embed_w_ = opt_weight("transformer.wte.weight");
-    wpe_ = opt_weight("transformer.wpe.weight");
-    norm_w_ = opt_weight("transformer.ln_f.weight");
-    norm_b_ = opt_weight("transformer.ln_f.bias");
+    embed_w_ = opt_weight(prefix_ + "wte.weight");
+    wpe_ = opt_weight(prefix_ + "wpe.weight");
+    norm_w_ = opt_weight(prefix_ + "ln_f.weight");
+    norm_b_ = opt_weight(prefix_ + "ln_f.bias");
     head_w_ = has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
   }
 
@@ -185,6 +188,7 @@ class GPT2Model : public FamilyModel {
 
  private:
   bool scale_weights_ = true, scale_by_layer_ = false;
+  std::string prefix_ = "transformer.";
   int pos_site_ = -1;
   at::Tensor wpe_, norm_b_;
   std::vector<Extra> ex_;

@@ -41,4 +41,13 @@ TEST(HFGpt2, NativePathsAndSplitQkv) {
   EXPECT_GT(max_abs_diff(edited, base), 1e-3);
 }
 
+// openai-community/gpt2's own checkpoint was saved from GPT2Model: no "transformer." prefix.
+TEST(HFGpt2, CheckpointWithoutTransformerPrefix) {
+  auto g = hf::load_golden("gpt2");
+  TensorMap bare;
+  for (auto& [k, v] : load_safetensors_model(g.dir)) bare[k.rfind("transformer.", 0) == 0 ? k.substr(12) : k] = v;
+  auto m = hf::build(g.config, std::move(bare));
+  hf::expect_close(m->forward(g.ref.at("input_ids")), g.ref.at("logits"), 1e-4, "gpt2 without prefix");
+}
+
 }  // namespace

@@ -1,6 +1,9 @@
 // Mixture-of-experts models against Hugging Face transformers: Mixtral, Qwen2-MoE (shared expert and
 // its gate), Qwen3-MoE, OLMoE. Router logits and chosen experts per token, plus the usual checks.
+#include <functional>
+
 #include "hf_golden.hpp"
+#include "mlxterp/error.hpp"
 
 using namespace mlxterp;
 using namespace mlxterp::test;
@@ -71,6 +74,58 @@ TEST(HFMoESites, RoutingWeightsInterventionForcesExperts) {
   EXPECT_TRUE(at::equal(h.captured(S.resolve(p)), e0));
   EXPECT_TRUE((e0.abs().sum(-1) > 0).all().item<bool>());
   EXPECT_EQ(h.captured(S.resolve(p + ".experts.1")).abs().max().item<double>(), 0.0);
+}
+
+// Zeroing one expert's site removes its contribution exactly where it was chosen, nowhere else.
+TEST(HFMoESites, ExpertInterventionActsOnItsTokensOnly) {
+  auto g = hf::load_golden("olmoe");
+  auto m = hf::build(g);
+  const SiteTable& S = m->sites();
+  const std::string p = "model.layers.1.mlp";
+  Hooks base(S);
+  base.capture(S.resolve(p));
+  base.capture(S.resolve(p + ".routing_weights"));
+  m->forward(g.ref.at("input_ids"), {}, base);
+  Hooks h(S);
+  h.capture(S.resolve(p));
+  h.intervene(S.resolve(p + ".experts.2"),
+              [](const at::Tensor& x, const SiteCall&) { return at::zeros_like(x); });
+  m->forward(g.ref.at("input_ids"), {}, h);
+  at::Tensor chosen = base.captured(S.resolve(p + ".routing_weights")).select(-1, 2) != 0;  // [b, t]
+  at::Tensor changed = (h.captured(S.resolve(p)) - base.captured(S.resolve(p))).abs().amax(-1) > 0;
+  ASSERT_GT(chosen.sum().item<int64_t>(), 0);
+  EXPECT_TRUE(at::equal(changed, chosen));
+}
+
+// Bad configurations fail with the field named, before any forward pass.
+TEST(HFFamilyErrors, BadConfigsAreNamed) {
+  auto expect_error = [](const std::string& name, const std::function<void(nlohmann::json&)>& edit,
+                         const std::string& needle) {
+    auto g = hf::load_golden(name);
+    nlohmann::json j = g.config.raw;
+    edit(j);
+    try {
+      hf::build(parse_hf_config(j, "config.json"), load_safetensors_model(g.dir));
+      ADD_FAILURE() << name << ": expected an error mentioning " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error("mixtral", [](nlohmann::json& j) { j["num_experts_per_tok"] = 5; }, "num_experts_per_tok must be in 1 .. 4");
+  expect_error("gemma2", [](nlohmann::json& j) { j["final_logit_softcapping"] = -1.0; }, "final_logit_softcapping must be > 0");
+  expect_error("olmoe", [](nlohmann::json& j) { j["clip_qkv"] = 8.0; }, "clip_qkv is not supported");
+  // A config that disagrees with the weights (expert width) is caught by the weight check.
+  expect_error("qwen2_moe", [](nlohmann::json& j) { j["moe_intermediate_size"] = 16; }, "mlp.experts.0.");
+}
+
+TEST(HFFamilyErrors, Gpt2PositionsPastTheTableAreAnError) {
+  auto m = hf::build(hf::load_golden("gpt2"));
+  try {
+    m->forward(at::ones({1, 65}, at::kLong));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("n_positions"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
