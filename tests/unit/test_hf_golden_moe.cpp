@@ -1,6 +1,7 @@
 // Mixture-of-experts models against Hugging Face transformers: Mixtral, Qwen2-MoE (shared expert and
 // its gate), Qwen3-MoE, OLMoE. Router logits and chosen experts per token, plus the usual checks.
 #include <functional>
+#include <map>
 
 #include "hf_golden.hpp"
 #include "mlxterp/error.hpp"
@@ -116,6 +117,22 @@ TEST(HFFamilyErrors, BadConfigsAreNamed) {
   expect_error("olmoe", [](nlohmann::json& j) { j["clip_qkv"] = 8.0; }, "clip_qkv is not supported");
   // A config that disagrees with the weights (expert width) is caught by the weight check.
   expect_error("qwen2_moe", [](nlohmann::json& j) { j["moe_intermediate_size"] = 16; }, "mlp.experts.0.");
+}
+
+// `mlxterp components` on a MoE directory without a tokenizer (falls back to ids) lists the MoE sites.
+TEST(HFMoESites, ComponentsCliListsRouterExpertsAndSharedExpert) {
+  CliResult r = run_cli("components --model '" + golden_path("hf/qwen2_moe") + "' --layer 1 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  std::map<std::string, std::vector<int64_t>> got;
+  for (const auto& c : j) got[c["name"].get<std::string>()] = c["shape"].get<std::vector<int64_t>>();
+  const std::string p = "model.layers.1.mlp";
+  EXPECT_EQ(got.at(p + ".gate"), (std::vector<int64_t>{1, 2, 4}));
+  EXPECT_EQ(got.at(p + ".routing_weights"), (std::vector<int64_t>{1, 2, 4}));
+  for (int e = 0; e < 4; ++e) EXPECT_EQ(got.at(p + ".experts." + std::to_string(e)), (std::vector<int64_t>{1, 2, 32}));
+  EXPECT_EQ(got.at(p + ".switch_mlp"), (std::vector<int64_t>{1, 2, 32}));
+  EXPECT_EQ(got.at(p + ".shared_expert"), (std::vector<int64_t>{1, 2, 32}));
+  EXPECT_EQ(got.at(p + ".shared_expert_gate"), (std::vector<int64_t>{1, 2, 1}));
 }
 
 TEST(HFFamilyErrors, Gpt2PositionsPastTheTableAreAnError) {
