@@ -9,6 +9,7 @@
 // llama.cpp stores the Q/K rows of llama-style models permuted for its interleaved ("NORM") RoPE; we undo
 // that so the weights are exactly HF's. Llama-3.1-style RoPE scaling arrives as a `rope_freqs.weight`
 // tensor of per-frequency divisors (RopeParams::freq_factors).
+#include "io/gguf_arch.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/model.hpp"
 
@@ -94,7 +95,7 @@ at::Tensor unpermute_qk(const at::Tensor& w, int64_t n_heads, int64_t n_rot) {
 std::string supported_list() {
   std::string s;
   for (const auto& a : kArchs) s += (s.empty() ? "" : ", ") + std::string(a.gguf_arch);
-  return s;
+  return s + ", gemma, gemma2, gemma3, phi3, gpt2, gptneox, olmo2, qwen2moe, qwen3moe, olmoe";
 }
 
 // A required integer hyper-parameter, with an error that names the key and the architecture.
@@ -111,6 +112,7 @@ ModelFiles read_gguf_model(const std::string& path) {
   MLXTERP_CHECK(g.has("general.architecture"), path, ": no general.architecture metadata; expected a model GGUF "
                                                      "(vocabulary-only GGUFs can be used with --tokenizer)");
   const std::string gguf_arch = g.get_string("general.architecture");
+  if (gguf_family_handles(g, gguf_arch)) return read_gguf_family_model(g, gguf_arch, path);  // src/io/gguf_arch.cpp
   const GGUFArch* spec = find_arch(gguf_arch);
   MLXTERP_CHECK(spec, path, ": unsupported GGUF architecture; expected one of ", supported_list(), ", got '", gguf_arch,
                 "'");

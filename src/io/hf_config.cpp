@@ -89,7 +89,8 @@ static RopeParams parse_rope_block(const json& b, RopeParams base, const std::st
 
 std::map<std::string, RopeParams> parse_rope(const json& j, const std::string& where) {
   RopeParams base;
-  base.theta = json_float(j, "rope_theta", 10000.0, where);
+  // GPT-NeoX / Pythia configs name the base `rotary_emb_base`.
+  base.theta = json_float(j, "rope_theta", json_float(j, "rotary_emb_base", 10000.0, where), where);
   base.partial_rotary_factor = json_float(j, "partial_rotary_factor", json_float(j, "rotary_pct", 1.0, where), where);
   std::map<std::string, RopeParams> out;
   if (j.contains("rope_parameters") && !j["rope_parameters"].is_null()) {
