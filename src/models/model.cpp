@@ -96,13 +96,6 @@ int SiteTable::find(std::string_view name) const {
   return it == index_.end() ? -1 : it->second;
 }
 
-static std::vector<std::string> canonical_names(const std::vector<SiteInfo>& sites) {
-  std::vector<std::string> out;
-  out.reserve(sites.size());
-  for (const auto& s : sites) out.push_back(s.name);
-  return out;
-}
-
 int SiteTable::resolve(std::string_view name) const {
   int id = find(name);
   if (id >= 0) return id;
