@@ -44,7 +44,7 @@ at::Tensor position_mask(const at::Tensor& x, const SiteCall& call, const std::v
   }
   std::vector<int64_t> shape(size_t(x.dim()), 1);
   shape[size_t(ax)] = t;
-  return at::tensor(keep, at::kBool).view(shape).to(x.device());
+  return at::tensor(keep, at::kByte).to(at::kBool).view(shape).to(x.device());
 }
 
 }  // namespace
@@ -198,7 +198,7 @@ InterventionFn at_sequences(InterventionFn f, std::vector<int64_t> rows) {
     }
     std::vector<int64_t> shape(size_t(x.dim()), 1);
     shape[0] = x.size(0);
-    at::Tensor m = at::tensor(keep, at::kBool).view(shape).to(x.device());
+    at::Tensor m = at::tensor(keep, at::kByte).to(at::kBool).view(shape).to(x.device());
     return at::where(m, f(x, call), x);
   };
 }
@@ -211,7 +211,7 @@ InterventionFn at_heads(InterventionFn f, std::vector<int64_t> heads, int64_t n_
   return [f = std::move(f), heads = std::move(heads), n_heads](const at::Tensor& x, const SiteCall& call) {
     std::vector<uint8_t> keep(size_t(n_heads), 0);
     for (int64_t h : heads) keep[size_t(h)] = 1;
-    at::Tensor hm = at::tensor(keep, at::kBool).to(x.device());
+    at::Tensor hm = at::tensor(keep, at::kByte).to(at::kBool).to(x.device());
     at::Tensor m;
     const bool weights = call.info && ends_with(call.info->component, "attention_weights");
     if (weights) {

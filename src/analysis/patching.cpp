@@ -96,7 +96,7 @@ at::Tensor aligned_clean(const at::Tensor& clean, int seq_axis, int64_t t_corrup
     ok[size_t(p)] = 1;
     out.select(seq_axis, p).copy_(clean.select(seq_axis, q));
   }
-  if (valid) *valid = at::tensor(ok, at::kBool);
+  if (valid) *valid = at::tensor(ok, at::kByte).to(at::kBool);
   return out;
 }
 
