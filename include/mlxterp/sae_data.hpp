@@ -85,6 +85,8 @@ class Harvester {
   // Token ids of a document (cached: consecutive calls for one document tokenise it once).
   const std::vector<int32_t>& tokens(int64_t doc);
   int64_t n_pieces(int64_t doc);
+  // Tokens in a piece, not counting a leading BOS.
+  int64_t piece_length(int64_t doc, int64_t piece);
   // Ids of one piece and whether each position is kept (not padding, not excluded).
   void piece(int64_t doc, int64_t piece, std::vector<int32_t>& ids, std::vector<char>& keep);
   // Kept tokens of a document (what the SAE sees of it).
@@ -94,8 +96,10 @@ class Harvester {
     std::vector<at::Tensor> acts;  // per site [n, d] (model dtype, model device)
     std::vector<int32_t> token_ids, doc_ids, positions;  // [n] (positions within the document)
   };
-  // Runs the model over `seqs` in forwards of text_batch_size sequences.
+  // Runs the model over `seqs` in forwards of text_batch_size sequences (longest first, to pad little);
+  // rows come back in the order of `seqs`, positions in order within each.
   Rows run(const std::vector<SequenceRef>& seqs);
+  int32_t bos() const { return bos_; }
 
  private:
   const InterpretableModel& model_;
@@ -155,10 +159,12 @@ class ModelActivationSource : public ActivationSource {
 
  private:
   const std::vector<int64_t>& order(int64_t epoch);
+  int64_t piece_kept_estimate(int64_t doc, int64_t piece) const;
   Harvester harvester_;
   const TextCorpus& corpus_;
   std::vector<int64_t> train_, val_;
-  std::vector<int32_t> pieces_;  // per corpus document
+  std::vector<int32_t> pieces_, ntok_;  // per corpus document: pieces, tokens
+  std::vector<char> starts_bos_;
   int64_t tokens_ = 0;
   uint64_t seed_;
   at::Device device_;
@@ -175,6 +181,7 @@ struct CacheWriteOptions {
   at::ScalarType store_dtype = at::kHalf;
   int64_t shard_tokens = 1 << 18;  // rows per shard
   int64_t max_tokens = 0;          // stop after this many rows (0 = the whole corpus)
+  int64_t stop_after_shards = 0;   // return after writing this many shards, leaving the cache resumable (tests)
   bool quiet = false;
 };
 

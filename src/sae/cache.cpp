@@ -141,14 +141,17 @@ int64_t write_activation_cache(const InterpretableModel& model, const TextCorpus
   if (!meta["shards"].empty()) last_doc_seen = meta["shards"].back()["doc_end"].get<int64_t>();
   const int64_t tbs = o.harvest.text_batch_size;
   while (doc < n_docs && !(o.max_tokens > 0 && n_tokens + pend_rows >= o.max_tokens)) {
+    // Up to 8 forwards per run (sorted by length inside), never much past the shard size.
     std::vector<SequenceRef> seqs;
     const int64_t doc0 = doc;
-    while (int64_t(seqs.size()) < tbs && doc < n_docs) {
+    int64_t est = 0;
+    while (int64_t(seqs.size()) < 8 * tbs && pend_rows + est < shard_rows && doc < n_docs) {
       if (piece >= h.n_pieces(doc)) {
         ++doc;
         piece = 0;
         continue;
       }
+      est += h.piece_length(doc, piece);
       seqs.push_back({doc, piece++});
     }
     if (seqs.empty()) break;
@@ -159,7 +162,13 @@ int64_t write_activation_cache(const InterpretableModel& model, const TextCorpus
     pos.insert(pos.end(), r.positions.begin(), r.positions.end());
     pend_rows += int64_t(r.token_ids.size());
     bar.update(doc - doc0);
-    if (pend_rows >= shard_rows) flush(false);
+    if (pend_rows >= shard_rows) {
+      flush(false);
+      if (o.stop_after_shards > 0 && int64_t(meta["shards"].size()) >= o.stop_after_shards) {
+        bar.finish();
+        return n_tokens;
+      }
+    }
   }
   while (doc < n_docs && piece >= h.n_pieces(doc)) {  // step past finished documents
     ++doc;

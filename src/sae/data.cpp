@@ -185,6 +185,11 @@ int64_t Harvester::n_pieces(int64_t doc) {
   return l.body <= 0 ? 0 : (l.body + l.per - 1) / l.per;
 }
 
+int64_t Harvester::piece_length(int64_t doc, int64_t p) {
+  Layout l = layout(tokens(doc), bos_, o_.context_size);
+  return std::max<int64_t>(0, std::min(l.per, l.body - p * l.per));
+}
+
 void Harvester::piece(int64_t doc, int64_t p, std::vector<int32_t>& ids, std::vector<char>& keep) {
   const auto& t = tokens(doc);
   Layout l = layout(t, bos_, o_.context_size);
@@ -213,48 +218,48 @@ int64_t Harvester::kept_tokens(int64_t doc) {
 }
 
 Harvester::Rows Harvester::run(const std::vector<SequenceRef>& seqs) {
-  Rows out;
-  std::vector<std::vector<at::Tensor>> parts(sites_.size());
+  // Forwards take the sequences longest first (little padding); rows come back in the order of `seqs`.
+  const size_t n = seqs.size();
+  std::vector<std::vector<int32_t>> ids(n);
+  std::vector<std::vector<char>> keep(n);
+  std::vector<std::vector<int32_t>> pos(n);
+  for (size_t i = 0; i < n; ++i) {
+    piece(seqs[i].doc, seqs[i].piece, ids[i], keep[i]);
+    Layout l = layout(tokens(seqs[i].doc), bos_, o_.context_size);
+    for (int64_t j = 0; j < int64_t(ids[i].size()); ++j)
+      pos[i].push_back(int32_t(l.starts_bos ? (j == 0 ? 0 : 1 + seqs[i].piece * l.per + (j - 1))
+                                            : seqs[i].piece * l.per + j));
+  }
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a].size() > ids[b].size(); });
+
   TraceOptions topt;
   for (int s : sites_) topt.sites.push_back(model_.sites()[s].name);
   topt.need_logits = false;
-  std::vector<int32_t> ids;
-  std::vector<char> keep;
-  for (size_t c0 = 0; c0 < seqs.size(); c0 += size_t(o_.text_batch_size)) {
-    const size_t c1 = std::min(seqs.size(), c0 + size_t(o_.text_batch_size));
-    std::vector<std::vector<int32_t>> all_ids;
-    std::vector<std::vector<char>> all_keep;
-    int64_t T = 0;
-    for (size_t i = c0; i < c1; ++i) {
-      piece(seqs[i].doc, seqs[i].piece, ids, keep);
-      T = std::max<int64_t>(T, int64_t(ids.size()));
-      all_ids.push_back(ids);
-      all_keep.push_back(keep);
-    }
-    const int64_t B = int64_t(c1 - c0);
+  std::vector<std::vector<at::Tensor>> parts(sites_.size());
+  std::vector<int64_t> key;  // (index in seqs, position in the piece) of every kept row, in forward order
+  for (size_t c0 = 0; c0 < n; c0 += size_t(o_.text_batch_size)) {
+    const size_t c1 = std::min(n, c0 + size_t(o_.text_batch_size));
+    const int64_t B = int64_t(c1 - c0), T = int64_t(ids[order[c0]].size());
     at::Tensor t_ids = at::zeros({B, T}, at::kLong), t_mask = at::zeros({B, T}, at::kLong);
     auto ia = t_ids.accessor<int64_t, 2>();
     auto ma = t_mask.accessor<int64_t, 2>();
-    std::vector<int64_t> flat;  // kept positions, row-major
+    std::vector<int64_t> flat;
     bool padded = false;
     for (int64_t b = 0; b < B; ++b) {
-      const auto& v = all_ids[size_t(b)];
-      padded |= int64_t(v.size()) != T;
-      const SequenceRef& sr = seqs[c0 + size_t(b)];
-      const auto& tk = tokens(sr.doc);
-      Layout l = layout(tk, bos_, o_.context_size);
-      for (int64_t j = 0; j < int64_t(v.size()); ++j) {
-        ia[b][j] = v[size_t(j)];
+      const size_t i = order[c0 + size_t(b)];
+      padded |= int64_t(ids[i].size()) != T;
+      for (int64_t j = 0; j < int64_t(ids[i].size()); ++j) {
+        ia[b][j] = ids[i][size_t(j)];
         ma[b][j] = 1;
-        if (all_keep[size_t(b)][size_t(j)]) {
+        if (keep[i][size_t(j)]) {
           flat.push_back(b * T + j);
-          out.token_ids.push_back(v[size_t(j)]);
-          out.doc_ids.push_back(int32_t(sr.doc));
-          int64_t pos = l.starts_bos ? (j == 0 ? 0 : 1 + sr.piece * l.per + (j - 1)) : sr.piece * l.per + j;
-          out.positions.push_back(int32_t(pos));
+          key.push_back(int64_t(i) * (int64_t(1) << 32) + j);
         }
       }
     }
+    if (flat.empty()) continue;
     TraceResult r = model_.trace_ids(t_ids, padded ? t_mask : at::Tensor(), topt);
     at::Tensor sel = at::tensor(flat, at::kLong);
     for (size_t s = 0; s < sites_.size(); ++s) {
@@ -262,8 +267,24 @@ Harvester::Rows Harvester::run(const std::vector<SequenceRef>& seqs) {
       parts[s].push_back(a.index_select(0, sel.to(a.device())));
     }
   }
-  for (size_t s = 0; s < sites_.size(); ++s)
-    out.acts.push_back(parts[s].empty() ? at::empty({0, dims_[s]}) : at::cat(parts[s]));
+  Rows out;
+  at::Tensor perm = at::argsort(at::tensor(key, at::kLong));  // keys are unique: a total order
+  const int64_t* pp = perm.data_ptr<int64_t>();
+  for (int64_t r = 0; r < perm.numel(); ++r) {
+    const int64_t k = key[size_t(pp[r])];
+    const size_t i = size_t(k >> 32), j = size_t(k & 0xFFFFFFFF);
+    out.token_ids.push_back(ids[i][j]);
+    out.doc_ids.push_back(int32_t(seqs[i].doc));
+    out.positions.push_back(pos[i][j]);
+  }
+  for (size_t s = 0; s < sites_.size(); ++s) {
+    if (parts[s].empty()) {
+      out.acts.push_back(at::empty({0, dims_[s]}));
+      continue;
+    }
+    at::Tensor all = at::cat(parts[s]);
+    out.acts.push_back(all.index_select(0, perm.to(all.device())));
+  }
   return out;
 }
 
@@ -283,11 +304,16 @@ ModelActivationSource::ModelActivationSource(const InterpretableModel& model, co
   site_name_ = model.sites()[site].name;
   const int64_t n = int64_t(corpus.size());
   pieces_.assign(size_t(n), 0);
+  ntok_.assign(size_t(n), 0);
+  starts_bos_.assign(size_t(n), 0);
   std::vector<int64_t> kept(size_t(n), 0), nonempty;
   for (int64_t d = 0; d < n; ++d) {
     int64_t np = harvester_.n_pieces(d);
     MLXTERP_CHECK(np < (int64_t(1) << kPieceBits), corpus.path(), ": document ", d, " is too long (", np, " pieces)");
     pieces_[size_t(d)] = int32_t(np);
+    const auto& t = harvester_.tokens(d);
+    ntok_[size_t(d)] = int32_t(t.size());
+    starts_bos_[size_t(d)] = !t.empty() && harvester_.bos() >= 0 && t[0] == harvester_.bos();
     kept[size_t(d)] = harvester_.kept_tokens(d);
     if (kept[size_t(d)] > 0) nonempty.push_back(d);
     if (on_count && (d % 256 == 0 || d + 1 == n)) on_count(d + 1, n);
@@ -311,28 +337,32 @@ const std::vector<int64_t>& ModelActivationSource::order(int64_t epoch) {
 }
 
 at::Tensor ModelActivationSource::next_rows(int64_t epoch, int64_t& cursor, int64_t want) {
+  // Collect whole pieces until their kept tokens (estimated from lengths: all but a leading BOS) reach
+  // `want`, then harvest them in one call (sorted by length inside, so forwards carry little padding).
   const auto& ord = order(epoch);
-  int64_t pos = cursor_pos(cursor), piece = cursor_piece(cursor), got = 0;
-  std::vector<at::Tensor> rows;
-  const int64_t tbs = harvester_.options().text_batch_size;
-  while (got < want && pos < int64_t(ord.size())) {
-    std::vector<SequenceRef> seqs;
-    while (int64_t(seqs.size()) < tbs && pos < int64_t(ord.size())) {
-      int64_t d = ord[size_t(pos)];
-      seqs.push_back({d, piece});
-      if (++piece >= pieces_[size_t(d)]) {
-        ++pos;
-        piece = 0;
-      }
+  int64_t pos = cursor_pos(cursor), piece = cursor_piece(cursor), est = 0;
+  std::vector<SequenceRef> seqs;
+  while (est < want && pos < int64_t(ord.size())) {
+    const int64_t d = ord[size_t(pos)];
+    seqs.push_back({d, piece});
+    est += piece_kept_estimate(d, piece);
+    if (++piece >= pieces_[size_t(d)]) {
+      ++pos;
+      piece = 0;
     }
-    Harvester::Rows r = harvester_.run(seqs);
-    ++forwards_;
-    at::Tensor a = r.acts[0].to(device_, at::kFloat);
-    got += a.size(0);
-    rows.push_back(a);
   }
   cursor = pack(pos, piece);
-  return rows.empty() ? at::empty({0, d_in()}, at::TensorOptions().device(device_)) : at::cat(rows);
+  if (seqs.empty()) return at::empty({0, d_in()}, at::TensorOptions().device(device_));
+  Harvester::Rows r = harvester_.run(seqs);
+  forwards_ += (int64_t(seqs.size()) + harvester_.options().text_batch_size - 1) / harvester_.options().text_batch_size;
+  return r.acts[0].to(device_, at::kFloat);
+}
+
+int64_t ModelActivationSource::piece_kept_estimate(int64_t doc, int64_t piece) const {
+  const int64_t ctx = harvester_.options().context_size;
+  const bool bos = starts_bos_[size_t(doc)];
+  const int64_t body = ntok_[size_t(doc)] - (bos ? 1 : 0), per = ctx - (bos ? 1 : 0);
+  return std::min(per, body - piece * per);
 }
 
 bool ModelActivationSource::epoch_done(int64_t epoch, int64_t cursor) const {
@@ -340,26 +370,15 @@ bool ModelActivationSource::epoch_done(int64_t epoch, int64_t cursor) const {
 }
 
 at::Tensor ModelActivationSource::validation_rows(int64_t max_rows) {
-  std::vector<at::Tensor> rows;
-  int64_t got = 0;
   std::vector<SequenceRef> seqs;
-  const int64_t tbs = harvester_.options().text_batch_size;
-  auto flush = [&] {
-    Harvester::Rows r = harvester_.run(seqs);
-    seqs.clear();
-    at::Tensor a = r.acts[0].to(device_, at::kFloat);
-    got += a.size(0);
-    rows.push_back(a);
-  };
-  for (size_t i = 0; i < val_.size() && got < max_rows; ++i) {
+  int64_t est = 0;
+  for (size_t i = 0; i < val_.size() && est < max_rows; ++i)
     for (int64_t p = 0; p < pieces_[size_t(val_[i])]; ++p) {
       seqs.push_back({val_[i], p});
-      if (int64_t(seqs.size()) == tbs) flush();
+      est += piece_kept_estimate(val_[i], p);
     }
-  }
-  if (!seqs.empty() && got < max_rows) flush();
-  if (rows.empty()) return at::empty({0, d_in()}, at::TensorOptions().device(device_));
-  at::Tensor all = at::cat(rows);
+  if (seqs.empty()) return at::empty({0, d_in()}, at::TensorOptions().device(device_));
+  at::Tensor all = harvester_.run(seqs).acts[0].to(device_, at::kFloat);
   return all.narrow(0, 0, std::min(max_rows, all.size(0))).contiguous();
 }
 

@@ -97,8 +97,9 @@ struct Logger {
 
 }  // namespace
 
-SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const ojson& metadata,
+SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const ojson& metadata_in,
                          const SaeTrainOptions& opt) {
+  const ojson metadata = metadata_in.is_object() ? metadata_in : ojson::object();
   MLXTERP_CHECK(!opt.out_dir.empty(), "SAE training: an output directory is required (--out DIR)");
   const int64_t D = src.d_in();
   user_cfg.validate_for(D);
@@ -281,13 +282,14 @@ SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const
       ojson row = {{"step", step}, {"split", "val"}};
       for (const auto& [k, v] : vm) row[k] = v;
       logger.log(row, "val/");
-      if (epoch_end && epoch_now > epochs_reported) {
-        for (int e = epochs_reported + 1; e <= std::min<int>(epoch_now, int(cfg.num_epochs)); ++e)
+      const int epoch_target = end ? int(cfg.num_epochs) : epoch_now;
+      if (epoch_end && epoch_target > epochs_reported) {
+        for (int e = epochs_reported + 1; e <= std::min<int>(epoch_target, int(cfg.num_epochs)); ++e)
           say(cat("\nEpoch ", e, "/", cfg.num_epochs, " - Val loss: ", fmt(vm["mse"]), " (fvu=", fmt(vm["fvu"]),
                   ", l0=", fmt(vm["l0"], 1), ", active=", fmt(100 * vm["frac_active"], 1), "%)"));
       }
     }
-    if (epoch_now > epochs_reported) epochs_reported = epoch_now;
+    if (epoch_now > epochs_reported || end) epochs_reported = end ? int(cfg.num_epochs) : epoch_now;
     if (ckpt_due) {
       save_checkpoint(step);
       say(cat("\n📸 Checkpoint at step ", step));
@@ -332,6 +334,13 @@ SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const
   r.sae.metadata["final_metrics_on"] = x_val.size(0) > 0 ? "validation split" : "none (validation_split = 0)";
   r.sae.metadata["data"] = src.fingerprint();
   if (arch == SaeArch::BatchTopK) r.sae.metadata["batchtopk_threshold"] = theta;
+  const double session_s = session.seconds();
+  r.sae.metadata["timing"] = {{"session_seconds", session_s},
+                              {"session_steps", tokens_session / cfg.batch_size},
+                              {"sae_step_seconds", step_seconds},
+                              {"sae_steps_per_s", step_seconds > 0 ? double(tokens_session / cfg.batch_size) / step_seconds : 0.0},
+                              {"tokens_per_s", session_s > 0 ? double(tokens_session) / session_s : 0.0},
+                              {"peak_rss_mb", double(peak_rss_bytes()) / 1048576.0}};
   r.sae.save(opt.out_dir);
   if (!logger.dir.empty()) {
     ojson row = {{"step", step}, {"split", "val"}, {"final", true}};
