@@ -1,5 +1,6 @@
 // The SAE training loop (see sae_train.hpp for what it prints, writes and guarantees).
 #include <cmath>
+#include <ctime>
 #include <cstdio>
 #include <fstream>
 
@@ -14,6 +15,13 @@ namespace mlxterp {
 namespace {
 
 using ojson = nlohmann::ordered_json;
+
+// CPU time of the whole process (all threads): robust to other processes competing for the cores.
+double process_cpu_seconds() {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
 
 std::string commas(int64_t v) {
   std::string s = std::to_string(v < 0 ? -v : v), o;
@@ -222,7 +230,8 @@ SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const
   if (opt.plain_progress) bar.set_plain(true, 2.0);
   if (step > 0) bar.update(step);
   std::vector<ProgressField> fields;
-  double last_loss = NAN, step_seconds = 0;
+  double last_loss = NAN, step_seconds = 0, step_cpu_seconds = 0;
+  const double cpu_start = process_cpu_seconds();
   int64_t last_sync = step, tokens_session = 0;
   Timer session;
   int epochs_reported = int(step * cfg.batch_size / tokens_per_epoch);
@@ -237,8 +246,10 @@ SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const
       args.metric_mean = st.input_mean;
     }
     Timer ts;
+    const double cpu0 = process_cpu_seconds();
     sae_train_step(st, x, args);
     step_seconds += ts.seconds();
+    step_cpu_seconds += process_cpu_seconds() - cpu0;
     st.adam_step += 1;
     if (calib_steps > 0 && step >= total_steps - calib_steps) sae_threshold_histogram_update(st, x, args);
     if (cfg.resample_dead_every > 0 && (step + 1) % cfg.resample_dead_every == 0) {
@@ -340,6 +351,9 @@ SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const
                               {"sae_step_seconds", step_seconds},
                               {"sae_steps_per_s", step_seconds > 0 ? double(tokens_session / cfg.batch_size) / step_seconds : 0.0},
                               {"tokens_per_s", session_s > 0 ? double(tokens_session) / session_s : 0.0},
+                              {"sae_step_cpu_seconds", step_cpu_seconds},
+                              {"session_cpu_seconds", process_cpu_seconds() - cpu_start},
+                              {"tokens_per_cpu_s", double(tokens_session) / std::max(1e-9, process_cpu_seconds() - cpu_start)},
                               {"peak_rss_mb", double(peak_rss_bytes()) / 1048576.0}};
   r.sae.save(opt.out_dir);
   if (!logger.dir.empty()) {
