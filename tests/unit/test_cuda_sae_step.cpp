@@ -1,0 +1,362 @@
+// The SAE training step: the libtorch reference against a PyTorch golden (dense autograd + torch AdamW),
+// and every CUDA kernel against the reference (CUDA build + GPU only; elsewhere those tests skip).
+#include <cmath>
+
+#include "common.hpp"
+#include "mlxterp/error.hpp"
+#include "mlxterp/sae_step.hpp"
+
+using namespace mlxterp;
+using namespace mlxterp::sae_step;
+using namespace mlxterp::test;
+
+namespace {
+
+at::Tensor f32(const nlohmann::json& j) { return json_to_tensor(j).to(at::kFloat); }
+
+double rel_err(const at::Tensor& got, const at::Tensor& want) {
+  at::Tensor g = got.to(at::kDouble).cpu(), w = want.to(at::kDouble).cpu();
+  const double denom = w.norm().item<double>();
+  return (g - w).norm().item<double>() / (denom > 0 ? denom : 1.0);
+}
+
+}  // namespace
+
+// ---- the reference (runs everywhere) ----------------------------------------------------------------------
+
+TEST(SaeStepReference, MatchesPyTorchGolden) {
+  auto golden = nlohmann::json::parse(read_file(golden_path("sae_step/steps.json")));
+  for (const auto& c : golden["cases"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    Params p{f32(c["init"]["W_enc"]), f32(c["init"]["b_enc"]), f32(c["init"]["W_dec"]), f32(c["init"]["b_dec"])};
+    AdamState s = AdamState::zeros_like(p);
+    at::Tensor since = at::zeros({p.d_sae()}, at::kLong);
+    at::Tensor x = f32(c["x"]);
+    StepConfig cfg;
+    cfg.k = c["k"];
+    cfg.selection = c["selection"] == "topk" ? Selection::TopK : Selection::BatchTopK;
+    cfg.loss_norm = c["loss_norm"] == "fvu"           ? LossNorm::FVU
+                    : c["loss_norm"] == "mean_square" ? LossNorm::MeanSquare
+                                                      : LossNorm::SumPerToken;
+    cfg.compute_dtype = at::kFloat;
+    cfg.lr = c["lr"];
+    cfg.weight_decay = c["weight_decay"];
+    cfg.max_grad_norm = c["max_grad_norm"];
+    cfg.remove_parallel_grad = c["remove_parallel_grad"];
+    cfg.normalize_decoder = c["normalize_decoder"];
+    const auto losses = c["losses"].get<std::vector<double>>();
+    for (size_t t = 0; t < losses.size(); ++t) {
+      cfg.step = int64_t(t) + 1;
+      StepStats st = reference_step(p, s, since, x, cfg);
+      EXPECT_NEAR(st.loss.item<double>(), losses[t], 1e-5 * std::abs(losses[t])) << "step " << t + 1;
+      EXPECT_EQ(st.latents.numel(), x.size(0) * cfg.k);
+      if (cfg.max_grad_norm > 0) EXPECT_TRUE(st.grad_norm.defined());
+    }
+    EXPECT_LT(max_abs_diff(p.W_enc, f32(c["final"]["W_enc"])), 2e-5);
+    EXPECT_LT(max_abs_diff(p.b_enc, f32(c["final"]["b_enc"])), 2e-5);
+    EXPECT_LT(max_abs_diff(p.W_dec, f32(c["final"]["W_dec"])), 2e-5);
+    EXPECT_LT(max_abs_diff(p.b_dec, f32(c["final"]["b_dec"])), 2e-5);
+    EXPECT_TRUE(at::equal(since, json_to_tensor(c["since_fired"]).to(at::kLong)));
+  }
+}
+
+TEST(SaeStepReference, TopkTiesGoToTheLowerLatentAndZerosFillUp) {
+  at::Tensor b = at::zeros({6});
+  // Row 0: four equal maxima -> latents 0 and 1. Row 1: one positive value -> it, then the lowest zeros.
+  at::Tensor pre = at::tensor({1.f, 1.f, 1.f, 1.f, 0.f, -2.f, -1.f, -1.f, -1.f, 3.f, -1.f, -1.f}).view({2, 6});
+  auto [lat, val] = ref::topk_rows(pre, b, 2);
+  EXPECT_TRUE(at::equal(lat, at::tensor({0L, 1L, 0L, 3L}).view({2, 2})));
+  EXPECT_TRUE(at::equal(val, at::tensor({1.f, 1.f, 0.f, 3.f}).view({2, 2})));
+  // BatchTopK: ties go to the earlier (row, latent).
+  auto [row_ptr, blat, bval] = ref::batch_topk(pre, b, 2);  // 4 in total
+  EXPECT_TRUE(at::equal(row_ptr, at::tensor({0L, 3L, 4L})));
+  EXPECT_TRUE(at::equal(blat, at::tensor({0L, 1L, 2L, 3L})));
+  EXPECT_TRUE(at::equal(bval, at::tensor({1.f, 1.f, 1.f, 3.f})));
+}
+
+TEST(SaeStepReference, SparseDecodeIsTheDenseProduct) {
+  at::manual_seed(3);
+  at::Tensor W = at::randn({10, 6}), b = at::randn({6}), x = at::randn({3, 6});
+  at::Tensor row_ptr = at::tensor({0L, 2L, 2L, 5L});  // a token with no selections
+  at::Tensor lat = at::tensor({1L, 7L, 0L, 4L, 9L}), val = at::tensor({0.5f, 2.f, 1.f, 0.25f, 3.f});
+  at::Tensor z = at::zeros({3, 10});
+  z[0][1] = 0.5f;
+  z[0][7] = 2.f;
+  z[2][0] = 1.f;
+  z[2][4] = 0.25f;
+  z[2][9] = 3.f;
+  at::Tensor want = at::mm(z, W) + b - x;
+  EXPECT_LT(max_abs_diff(ref::sparse_decode_residual(row_ptr, lat, val, W, b, x), want), 1e-5);
+}
+
+TEST(SaeStepReference, RejectsMismatchedInputs) {
+  Params p = Params::init(8, 16, at::kCPU, 0);
+  AdamState s = AdamState::zeros_like(p);
+  at::Tensor since = at::zeros({16}, at::kLong);
+  StepConfig cfg;
+  cfg.k = 4;
+  try {
+    reference_step(p, s, since, at::randn({5, 9}), cfg);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("x must be [n_tokens, 8]; got [5, 9]"), std::string::npos) << e.what();
+  }
+  cfg.k = 17;
+  EXPECT_THROW(reference_step(p, s, since, at::randn({5, 8}), cfg), Error);
+  cfg.k = 4;
+  at::Tensor bad_since = at::zeros({16}, at::kInt);
+  EXPECT_THROW(reference_step(p, s, bad_since, at::randn({5, 8}), cfg), Error);
+}
+
+TEST(SaeStepReference, StepperUsesTheReferenceOffTheGpu) {
+  Params p = Params::init(8, 16, at::kCPU, 0);
+  AdamState s = AdamState::zeros_like(p);
+  at::Tensor since = at::zeros({16}, at::kLong);
+  StepConfig cfg;
+  cfg.k = 2;
+  Stepper auto_stepper;
+  auto_stepper.step(p, s, since, at::randn({4, 8}), cfg);
+  EXPECT_EQ(auto_stepper.last_backend(), Backend::Reference);
+  EXPECT_FALSE(cuda_unsupported_reason(p, at::randn({4, 8}), cfg).empty());
+  Stepper cuda_stepper(Backend::Cuda);
+  EXPECT_THROW(cuda_stepper.step(p, s, since, at::randn({4, 8}), cfg), Error);
+}
+
+// ---- CUDA kernels against the reference ------------------------------------------------------------------
+
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+#define MLXTERP_REQUIRE_CUDA_KERNELS() \
+  do {                                 \
+    if (!at::hasCUDA()) GTEST_SKIP() << "the CUDA kernels are built in, but no GPU is visible"; \
+  } while (0)
+#else
+#define MLXTERP_REQUIRE_CUDA_KERNELS() \
+  GTEST_SKIP() << "built without the CUDA kernels (configure with -DMLXTERP_CUDA=ON against a CUDA libtorch)"
+#endif
+
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+namespace {
+
+const at::Device kGpu(at::kCUDA, 0);
+
+struct SelectCase {
+  const char* name;
+  int64_t n, f, k;
+  const char* kind;  // random | ties | few_positive | all_negative
+};
+
+at::Tensor make_pre(const SelectCase& c) {
+  auto o = at::TensorOptions().device(kGpu);
+  at::Tensor pre;
+  if (std::string(c.kind) == "ties")
+    pre = (at::randn({c.n, c.f}, o) * 2).round() / 4;  // a handful of distinct values
+  else if (std::string(c.kind) == "few_positive")
+    pre = at::randn({c.n, c.f}, o) - 3.5;
+  else if (std::string(c.kind) == "all_negative")
+    pre = -at::rand({c.n, c.f}, o) - 0.1;
+  else
+    pre = at::randn({c.n, c.f}, o);
+  return pre.to(at::kBFloat16);
+}
+
+at::Tensor make_bias(const SelectCase& c) {
+  auto o = at::TensorOptions().device(kGpu);
+  return std::string(c.kind) == "random" ? at::randn({c.f}, o) * 0.1 : at::zeros({c.f}, o);
+}
+
+const SelectCase kSelectCases[] = {
+    {"random_small", 37, 4096, 32, "random"},          {"random_wide", 6, 131072, 128, "random"},
+    {"k_equals_f", 3, 1024, 1024, "random"},           {"k_1000", 5, 8192, 1000, "random"},
+    {"k_1", 9, 2048, 1, "random"},                     {"ties", 7, 65536, 64, "ties"},
+    {"few_positive", 11, 8192, 64, "few_positive"},    {"all_negative", 3, 4096, 16, "all_negative"},
+};
+
+}  // namespace
+#endif
+
+TEST(CudaSaeKernels, TopkRowsMatchesReference) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  at::manual_seed(11);
+  for (const SelectCase& c : kSelectCases) {
+    SCOPED_TRACE(c.name);
+    at::Tensor pre = make_pre(c), b = make_bias(c);
+    auto [lat, val] = cuda::topk_rows(pre, b, c.k);
+    auto [rlat, rval] = ref::topk_rows(pre, b, c.k);
+    ASSERT_EQ(lat.sizes(), rlat.sizes());
+    EXPECT_TRUE(at::equal(lat.cpu(), rlat.cpu())) << "latents differ in "
+                                                  << lat.ne(rlat).sum().item<int64_t>() << " places";
+    EXPECT_TRUE(at::equal(val.cpu(), rval.cpu()));
+  }
+  // A strided view (rows of a wider matrix) reads only its own columns.
+  at::Tensor wide = at::randn({4, 4096 + 64}, at::TensorOptions().device(kGpu)).to(at::kBFloat16);
+  at::Tensor view = wide.narrow(1, 0, 4096);
+  at::Tensor b = at::zeros({4096}, at::TensorOptions().device(kGpu));
+  EXPECT_TRUE(at::equal(cuda::topk_rows(view, b, 50).first.cpu(), ref::topk_rows(view, b, 50).first.cpu()));
+#endif
+}
+
+TEST(CudaSaeKernels, BatchTopkMatchesReference) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  at::manual_seed(12);
+  for (const SelectCase& c : kSelectCases) {
+    if (c.k > 256) continue;
+    SCOPED_TRACE(c.name);
+    at::Tensor pre = make_pre(c), b = make_bias(c);
+    auto [rp, lat, val] = cuda::batch_topk(pre, b, c.k);
+    auto [rrp, rlat, rval] = ref::batch_topk(pre, b, c.k);
+    EXPECT_TRUE(at::equal(rp.cpu(), rrp.cpu()));
+    ASSERT_EQ(lat.sizes(), rlat.sizes());
+    EXPECT_TRUE(at::equal(lat.cpu(), rlat.cpu()));
+    EXPECT_TRUE(at::equal(val.cpu(), rval.cpu()));
+  }
+#endif
+}
+
+TEST(CudaSaeKernels, SparseDecodeMatchesReference) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  at::manual_seed(13);
+  auto o = at::TensorOptions().device(kGpu);
+  for (int64_t d : {256, 2048, 4096, 12288}) {
+    SCOPED_TRACE(d);
+    const int64_t n = 50, f = 1000;
+    at::Tensor counts = at::randint(0, 300, {n}, o.dtype(at::kLong));  // up to 300: > one staging round
+    counts[3] = 0;
+    at::Tensor rp = at::zeros({n + 1}, o.dtype(at::kLong));
+    rp.narrow(0, 1, n).copy_(counts.cumsum(0));
+    const int64_t P = rp[n].item<int64_t>();
+    at::Tensor lat = at::randint(0, f, {P}, o.dtype(at::kLong)), val = at::rand({P}, o);
+    at::Tensor W = (at::randn({f, d}, o) * 0.05).to(at::kBFloat16), b = at::randn({d}, o);
+    for (bool x_bf16 : {false, true}) {
+      at::Tensor x = at::randn({n, d}, o);
+      if (x_bf16) x = x.to(at::kBFloat16);
+      at::Tensor e = cuda::sparse_decode_residual(rp, lat, val, W, b, x);
+      at::Tensor r = ref::sparse_decode_residual(rp, lat, val, W, b, x);
+      EXPECT_LT(rel_err(e, r), 1e-5) << "x bf16: " << x_bf16;
+      EXPECT_FALSE(e.isnan().any().item<bool>());
+    }
+  }
+#endif
+}
+
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+namespace {
+
+struct StepCase {
+  const char* name;
+  int64_t n, d, f, k;
+  Selection selection;
+  LossNorm loss_norm;
+  double max_grad_norm;
+  bool x_bf16, remove_parallel, normalize;
+};
+
+const StepCase kStepCases[] = {
+    {"topk_fvu", 512, 256, 2048, 16, Selection::TopK, LossNorm::FVU, 0, false, true, true},
+    {"topk_clip_bf16_input", 384, 512, 4096, 32, Selection::TopK, LossNorm::MeanSquare, 0.05, true, true, true},
+    {"topk_d2048", 256, 2048, 1024, 64, Selection::TopK, LossNorm::FVU, 0, false, true, true},
+    {"topk_d12288_wide_rows", 64, 12288, 256, 8, Selection::TopK, LossNorm::FVU, 0, false, true, true},
+    {"batch_topk", 256, 256, 2048, 16, Selection::BatchTopK, LossNorm::FVU, 0, false, true, true},
+    {"batch_topk_clip_plain", 256, 128, 1024, 8, Selection::BatchTopK, LossNorm::SumPerToken, 0.5, false, false,
+     false},
+};
+
+}  // namespace
+#endif
+
+TEST(CudaSaeStep, MatchesReferenceStep) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  auto o = at::TensorOptions().device(kGpu);
+  for (const StepCase& c : kStepCases) {
+    SCOPED_TRACE(c.name);
+    Params p = Params::init(c.d, c.f, kGpu, 21);
+    p.b_enc = at::randn({c.f}, o) * 0.05;
+    p.b_dec = at::randn({c.d}, o) * 0.1;
+    // A run in progress: Adam moments populated, so the update is linear in the gradient (a first Adam
+    // step is ~lr * sign(g) and would hide gradient errors).
+    AdamState s = AdamState::zeros_like(p);
+    for (at::Tensor* m : {&s.W_enc_m, &s.b_enc_m, &s.W_dec_m, &s.b_dec_m}) *m = at::randn_like(*m) * 1e-3;
+    for (at::Tensor* v : {&s.W_enc_v, &s.b_enc_v, &s.W_dec_v, &s.b_dec_v}) *v = at::rand_like(*v) * 1e-5 + 1e-7;
+    at::Tensor since = at::randint(0, 1000, {c.f}, o.dtype(at::kLong));
+    Params pc = p.clone(), pr = p.clone();
+    AdamState sc = s.clone(), sr = s.clone();
+    at::Tensor since_c = since.clone(), since_r = since.clone();
+    StepConfig cfg;
+    cfg.k = c.k;
+    cfg.selection = c.selection;
+    cfg.loss_norm = c.loss_norm;
+    cfg.lr = 1e-3;
+    cfg.weight_decay = 0.01;
+    cfg.max_grad_norm = c.max_grad_norm;
+    cfg.remove_parallel_grad = c.remove_parallel;
+    cfg.normalize_decoder = c.normalize;
+    Stepper stepper(Backend::Cuda);
+    for (int t = 0; t < 3; ++t) {
+      SCOPED_TRACE("step " + std::to_string(t + 1));
+      cfg.step = 10 + t;
+      at::Tensor x = at::randn({c.n, c.d}, o) * 1.5 + 0.2;
+      if (c.x_bf16) x = x.to(at::kBFloat16);
+      Params before = pr.clone();
+      AdamState sbefore = sr.clone();
+      StepStats a = stepper.step(pc, sc, since_c, x, cfg);
+      StepStats r = reference_step(pr, sr, since_r, x, cfg);
+      ASSERT_EQ(stepper.last_backend(), Backend::Cuda);
+      const double agree = a.latents.eq(r.latents).to(at::kDouble).mean().item<double>();
+      if (t == 0) {
+        // Same GEMM, same selection rule: identical selections on the first step.
+        EXPECT_TRUE(at::equal(a.row_ptr.cpu(), r.row_ptr.cpu()));
+        EXPECT_EQ(agree, 1.0);
+        EXPECT_TRUE(at::equal(a.values.cpu(), r.values.cpu()));
+        EXPECT_TRUE(at::equal(a.fire_count.cpu(), r.fire_count.cpu()));
+        EXPECT_TRUE(at::equal(since_c.cpu(), since_r.cpu()));
+        if (c.selection == Selection::BatchTopK) EXPECT_EQ(a.threshold.item<float>(), r.threshold.item<float>());
+      } else {
+        EXPECT_GT(agree, 0.99);  // weights now differ by bf16-level rounding: near-ties may flip
+      }
+      EXPECT_LT(std::abs(a.loss.item<double>() / r.loss.item<double>() - 1), 1e-3);
+      EXPECT_LT(std::abs(a.l0.item<double>() - r.l0.item<double>()), 0.05 * c.k);
+      if (c.max_grad_norm > 0) EXPECT_LT(std::abs(a.grad_norm.item<double>() / r.grad_norm.item<double>() - 1), 1e-2);
+      // The update of every tensor (after - before) agrees to bf16-gradient accuracy.
+      struct Pair {
+        const char* name;
+        at::Tensor got, want, prev;
+      };
+      for (const Pair& q : {Pair{"W_enc", pc.W_enc, pr.W_enc, before.W_enc}, Pair{"b_enc", pc.b_enc, pr.b_enc, before.b_enc},
+                            Pair{"W_dec", pc.W_dec, pr.W_dec, before.W_dec}, Pair{"b_dec", pc.b_dec, pr.b_dec, before.b_dec},
+                            Pair{"W_enc_m", sc.W_enc_m, sr.W_enc_m, sbefore.W_enc_m},
+                            Pair{"W_dec_v", sc.W_dec_v, sr.W_dec_v, sbefore.W_dec_v},
+                            Pair{"b_dec_m", sc.b_dec_m, sr.b_dec_m, sbefore.b_dec_m}}) {
+        EXPECT_FALSE(q.got.isnan().any().item<bool>()) << q.name;
+        EXPECT_LT(rel_err(q.got - q.prev, q.want - q.prev), 3e-2) << q.name;
+      }
+      // The bf16 copies the next step's GEMM and decoder read are the updated weights, rounded.
+      EXPECT_TRUE(at::equal(stepper.W_enc_bf16(), pc.W_enc.to(at::kBFloat16)));
+      EXPECT_TRUE(at::equal(stepper.W_dec_bf16(), pc.W_dec.to(at::kBFloat16)));
+      if (c.normalize) {
+        EXPECT_LT(max_abs_diff(pc.W_dec.norm(2, {1}), at::ones({c.f})), 1e-5);
+      }
+    }
+  }
+#endif
+}
+
+TEST(CudaSaeStep, UnsupportedShapesFallBackToTheReference) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  Params p = Params::init(12, 64, kGpu, 0);  // d_in = 12: not a multiple of 8
+  AdamState s = AdamState::zeros_like(p);
+  at::Tensor since = at::zeros({64}, at::TensorOptions().device(kGpu).dtype(at::kLong));
+  StepConfig cfg;
+  cfg.k = 4;
+  at::Tensor x = at::randn({16, 12}, at::TensorOptions().device(kGpu));
+  EXPECT_NE(cuda_unsupported_reason(p, x, cfg).find("d_in = 12"), std::string::npos);
+  Stepper stepper;
+  stepper.step(p, s, since, x, cfg);
+  EXPECT_EQ(stepper.last_backend(), Backend::Reference);
+  Stepper forced(Backend::Cuda);
+  EXPECT_THROW(forced.step(p, s, since, x, cfg), Error);
+#endif
+}
