@@ -169,5 +169,6 @@ void synchronize(at::Device device);                  // no-op on CPU
 void reset_peak_memory(at::Device device);            // no-op on CPU
 int64_t peak_memory_bytes(at::Device device);         // caching allocator's peak allocated bytes; -1 on CPU
 int64_t allocated_memory_bytes(at::Device device);    // currently allocated; -1 on CPU
+void empty_cache(at::Device device);                  // hands the allocator's unused blocks back (no-op on CPU)
 
 }  // namespace mlxterp::sae_step

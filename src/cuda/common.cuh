@@ -2,10 +2,19 @@
 // CUDA headers only (no libtorch), so the .cu files compile with plain nvcc.
 #pragma once
 
+#include <cstdint>
+
+#ifdef MLXTERP_CUDA_EMULATE
+// tests/emu: the kernels run on CPU threads (one std::thread per CUDA thread) to check their logic.
+#include "emu/cuda_emu.h"
+#define MLXTERP_LAUNCH(kernel, grid, block, stream, ...) \
+  ::mlxterp_emu::launch((grid), (block), [&] { kernel(__VA_ARGS__); })
+#else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-
-#include <cstdint>
+// kernel<<<grid, block, 0, stream>>>(args...); `kernel` may be a pointer to a (template) kernel.
+#define MLXTERP_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
 
 #include "cuda/kernels.h"
 

@@ -6,7 +6,11 @@
 // cudaError_t (cudaGetLastError right after the launch).
 #pragma once
 
+#ifdef MLXTERP_CUDA_EMULATE
+#include "emu/cuda_emu.h"
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>

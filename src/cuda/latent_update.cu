@@ -314,15 +314,9 @@ cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   if (grid <= 0) return cudaErrorInvalidConfiguration;
   const auto* e = static_cast<const uint16_t*>(e16);
   auto* w16 = static_cast<uint16_t*>(W16);
-#define MLXTERP_DEC(CH)                                                                                           \
-  decoder_kernel<CH><<<grid, L.threads, 0, stream>>>(mode, F, d, pairs, e, coef, W, w16, m, v, gval, adam, clip, \
-                                                    remove_parallel, renorm, norm_partial)
-  switch (L.ch) {
-    case 1: MLXTERP_DEC(1); break;
-    case 2: MLXTERP_DEC(2); break;
-    default: MLXTERP_DEC(4); break;
-  }
-#undef MLXTERP_DEC
+  auto kernel = L.ch == 1 ? decoder_kernel<1> : (L.ch == 2 ? decoder_kernel<2> : decoder_kernel<4>);
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, e, coef, W, w16, m, v, gval, adam, clip,
+                 remove_parallel, renorm, norm_partial);
   return cudaGetLastError();
 }
 
@@ -338,16 +332,9 @@ cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   if (grid <= 0) return cudaErrorInvalidConfiguration;
   const auto* x = static_cast<const uint16_t*>(xc16);
   auto* w16 = static_cast<uint16_t*>(W16);
-#define MLXTERP_ENC(CH)                                                                                     \
-  encoder_kernel<CH><<<grid, L.threads, 0, stream>>>(mode, F, d, pairs, x, gval, W, w16, m, v, b, bm, bv, \
-                                                    adam, clip, since_fired, fire_count, n_tokens,        \
-                                                    bdec_partial, norm_partial)
-  switch (L.ch) {
-    case 1: MLXTERP_ENC(1); break;
-    case 2: MLXTERP_ENC(2); break;
-    default: MLXTERP_ENC(4); break;
-  }
-#undef MLXTERP_ENC
+  auto kernel = L.ch == 1 ? encoder_kernel<1> : (L.ch == 2 ? encoder_kernel<2> : encoder_kernel<4>);
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, m, v, b, bm, bv, adam, clip,
+                 since_fired, fire_count, n_tokens, bdec_partial, norm_partial);
   return cudaGetLastError();
 }
 

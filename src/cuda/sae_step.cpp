@@ -258,8 +258,10 @@ std::string cuda_unsupported_reason(const Params& p, const at::Tensor& x, const 
   (void)c;
   return "built without the CUDA kernels (configure with -DMLXTERP_CUDA=ON)";
 #else
+#ifndef MLXTERP_CUDA_EMULATE
   if (!x.is_cuda()) return "x is on " + x.device().str() + ", not a CUDA device";
   if (!p.W_enc.is_cuda()) return "the SAE is not on a CUDA device";
+#endif
   if (c.compute_dtype != at::kBFloat16) return "compute_dtype is " + dtype_str(c.compute_dtype) + " (kernels: bfloat16)";
   const int64_t F = p.d_sae(), d = p.d_in(), N = x.size(0);
   if (d % 8 != 0 || d > 16384) return "d_in = " + std::to_string(d) + " (kernels: a multiple of 8, at most 16384)";
@@ -277,7 +279,9 @@ std::string cuda_unsupported_reason(const Params& p, const at::Tensor& x, const 
 }
 
 bool cuda_kernels_available() {
-#ifdef MLXTERP_HAVE_CUDA_KERNELS
+#if defined(MLXTERP_CUDA_EMULATE)
+  return true;
+#elif defined(MLXTERP_HAVE_CUDA_KERNELS)
   return at::hasCUDA();
 #else
   return false;
@@ -321,6 +325,7 @@ void synchronize(at::Device) {}
 void reset_peak_memory(at::Device) {}
 int64_t peak_memory_bytes(at::Device) { return -1; }
 int64_t allocated_memory_bytes(at::Device) { return -1; }
+void empty_cache(at::Device) {}
 #endif
 
 }  // namespace mlxterp::sae_step

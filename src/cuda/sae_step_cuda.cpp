@@ -1,11 +1,20 @@
 // at::Tensor bindings of the SAE CUDA kernels (kernels.h) and the fused step. Compiled only in the CUDA
 // build (-DMLXTERP_CUDA=ON); the kernels themselves live in the .cu files beside this one.
 #include <ATen/ATen.h>
+
+#include <cmath>
+
+#ifdef MLXTERP_CUDA_EMULATE
+// tests/emu: host pointers, kernels on CPU threads.
+#define MLXTERP_DEVICE_GUARD(device) (void)(device)
+#define MLXTERP_ON_GPU(t) ((t).defined())
+#else
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
-
-#include <cmath>
+#define MLXTERP_DEVICE_GUARD(device) c10::cuda::CUDAGuard device_guard_(device)
+#define MLXTERP_ON_GPU(t) ((t).defined() && (t).is_cuda())
+#endif
 
 #include "cuda/kernels.h"
 #include "cuda/sae_step_internal.hpp"
@@ -25,8 +34,16 @@ namespace K = mlxterp::cuda_kernels;
 
 namespace {
 
+cudaStream_t current_stream() {
+#ifdef MLXTERP_CUDA_EMULATE
+  return nullptr;
+#else
+  return current_stream();
+#endif
+}
+
 void check_cuda_tensor(const at::Tensor& t, at::ScalarType dtype, const char* name, const char* where) {
-  MLXTERP_CHECK(t.defined() && t.is_cuda(), where, ": ", name, " must be a CUDA tensor");
+  MLXTERP_CHECK(MLXTERP_ON_GPU(t), where, ": ", name, " must be a CUDA tensor");
   MLXTERP_CHECK(t.scalar_type() == dtype, where, ": ", name, " must be ", dtype_str(dtype), "; got ",
                 dtype_str(t.scalar_type()));
 }
@@ -96,7 +113,7 @@ std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Ten
   const char* where = "sae_step::cuda::topk_rows";
   check_selection_input(pre, b_enc, k, where);
   MLXTERP_CHECK(k <= K::kTopkMaxK, where, ": k = ", k, " exceeds the kernel's limit ", K::kTopkMaxK);
-  c10::cuda::CUDAGuard guard(pre.device());
+  MLXTERP_DEVICE_GUARD(pre.device());
   const int64_t N = pre.size(0);
   auto i32 = pre.options().dtype(at::kInt);
   // Poisoned, so a selection the kernel fails to write shows up in the comparison.
@@ -104,7 +121,7 @@ std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Ten
   at::Tensor val = at::full({N, k}, -1.0, pre.options().dtype(at::kFloat));
   MLXTERP_CUDA_OK(K::topk_rows(pre.data_ptr(), pre.stride(0), b_enc.data_ptr<float>(), int(N), int(pre.size(1)),
                                int(k), 0, lat.data_ptr<int>(), val.data_ptr<float>(), tok.data_ptr<int>(),
-                               at::cuda::getCurrentCUDAStream()));
+                               current_stream()));
   return {lat.to(at::kLong), val};
 }
 
@@ -112,8 +129,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_topk(const at::Tensor& pre,
   const char* where = "sae_step::cuda::batch_topk";
   check_selection_input(pre, b_enc, k, where);
   MLXTERP_CHECK(pre.size(0) * pre.size(1) < (int64_t(1) << 31), where, ": more than 2^31 activations");
-  c10::cuda::CUDAGuard guard(pre.device());
-  Selected s = select_batch_topk(pre, b_enc, k, at::cuda::getCurrentCUDAStream());
+  MLXTERP_DEVICE_GUARD(pre.device());
+  Selected s = select_batch_topk(pre, b_enc, k, current_stream());
   return {s.row_ptr, s.lat32.to(at::kLong), s.values};
 }
 
@@ -123,10 +140,10 @@ at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& l
   check_cuda_tensor(W, at::kBFloat16, "W", where);
   check_cuda_tensor(b_dec, at::kFloat, "b_dec", where);
   check_cuda_tensor(row_ptr, at::kLong, "row_ptr", where);
-  MLXTERP_CHECK(x.is_cuda() && x.dim() == 2 && x.size(1) == W.size(1), where, ": x must be [N, ", W.size(1), "]");
+  MLXTERP_CHECK(MLXTERP_ON_GPU(x) && x.dim() == 2 && x.size(1) == W.size(1), where, ": x must be [N, ", W.size(1), "]");
   const int64_t N = x.size(0), d = x.size(1);
   MLXTERP_CHECK(d % 8 == 0 && d <= K::kMaxDim, where, ": d = ", d, " must be a multiple of 8 and <= ", K::kMaxDim);
-  c10::cuda::CUDAGuard guard(x.device());
+  MLXTERP_DEVICE_GUARD(x.device());
   at::Tensor xx = x.scalar_type() == at::kBFloat16 ? x.contiguous() : x.to(at::kFloat).contiguous();
   at::Tensor lat32 = latents.to(at::kInt).contiguous(), val = values.to(at::kFloat).contiguous();
   at::Tensor Wc = W.contiguous(), rp = row_ptr.contiguous(), bd = b_dec.contiguous();
@@ -136,7 +153,7 @@ at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& l
   MLXTERP_CUDA_OK(K::sparse_decode(int(N), int(d), 0, rp.data_ptr<int64_t>(), lat32.data_ptr<int>(),
                                    val.data_ptr<float>(), Wc.data_ptr(), bd.data_ptr<float>(), xx.data_ptr(),
                                    xx.scalar_type() == at::kBFloat16, e32.data_ptr<float>(), e16.data_ptr(),
-                                   err2.data_ptr<float>(), at::cuda::getCurrentCUDAStream()));
+                                   err2.data_ptr<float>(), current_stream()));
   return e32;
 }
 
@@ -156,8 +173,8 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
                     W_dec16.scalar_type() == at::kBFloat16 && W_dec16.is_contiguous(),
                 where, ": the bf16 weight copies must be contiguous [d_sae, d_in] bfloat16");
 
-  c10::cuda::CUDAGuard guard(x_in.device());
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  MLXTERP_DEVICE_GUARD(x_in.device());
+  cudaStream_t stream = current_stream();
   at::NoGradGuard no_grad;
   const int64_t N = x_in.size(0), d = p.d_in(), F = p.d_sae(), k = c.k;
   auto f32 = x_in.options().dtype(at::kFloat), i32 = x_in.options().dtype(at::kInt);
@@ -274,6 +291,14 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
 
 // ---- device helpers ------------------------------------------------------------------------------------------
 
+#ifdef MLXTERP_CUDA_EMULATE
+DeviceInfo device_info(at::Device) { return {"cpu (CUDA emulation)", 0, 0}; }
+void synchronize(at::Device) {}
+void reset_peak_memory(at::Device) {}
+int64_t peak_memory_bytes(at::Device) { return -1; }
+int64_t allocated_memory_bytes(at::Device) { return -1; }
+void empty_cache(at::Device) {}
+#else
 namespace {
 c10::DeviceIndex index_of(at::Device device) {
   return device.has_index() ? device.index() : c10::cuda::current_device();
@@ -308,5 +333,11 @@ int64_t allocated_memory_bytes(at::Device device) {
   auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index_of(device));
   return int64_t(stats.allocated_bytes[0].current);
 }
+
+void empty_cache(at::Device device) {
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+}
+
+#endif  // MLXTERP_CUDA_EMULATE
 
 }  // namespace mlxterp::sae_step

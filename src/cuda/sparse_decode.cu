@@ -1,10 +1,11 @@
 // Sparse decoder forward (k gathered bf16 rows per token), grouping of (token, latent) pairs by latent,
 // and the small element-wise kernels of the step.
-#include <cub/device/device_radix_sort.cuh>
-
 #include <algorithm>
 
 #include "cuda/common.cuh"
+#ifndef MLXTERP_CUDA_EMULATE
+#include <cub/device/device_radix_sort.cuh>
+#endif
 
 namespace mlxterp::cuda_kernels {
 namespace {
@@ -118,10 +119,8 @@ cudaError_t launch_decode(int N, int d, int k, const int64_t* row_ptr, const int
                           float* err2, int threads, cudaStream_t stream) {
   const auto* w = static_cast<const uint16_t*>(W);
   auto* o16 = static_cast<uint16_t*>(e16);
-  if (x_is_bf16)
-    decode_kernel<CH, true><<<N, threads, 0, stream>>>(d, k, row_ptr, latents, values, w, b_dec, x, e32, o16, err2);
-  else
-    decode_kernel<CH, false><<<N, threads, 0, stream>>>(d, k, row_ptr, latents, values, w, b_dec, x, e32, o16, err2);
+  auto kernel = x_is_bf16 ? decode_kernel<CH, true> : decode_kernel<CH, false>;
+  MLXTERP_LAUNCH(kernel, N, threads, stream, d, k, row_ptr, latents, values, w, b_dec, x, e32, o16, err2);
   return cudaGetLastError();
 }
 
@@ -186,10 +185,18 @@ cudaError_t sparse_decode(int N, int d, int k, const int64_t* row_ptr, const int
 
 cudaError_t pack_pairs(const int* tok, const float* values, int n, uint64_t* packed, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  pack_pairs_kernel<<<(n + 255) / 256, 256, 0, stream>>>(tok, values, n, packed);
+  MLXTERP_LAUNCH(pack_pairs_kernel, (n + 255) / 256, 256, stream, tok, values, n, packed);
   return cudaGetLastError();
 }
 
+#ifdef MLXTERP_CUDA_EMULATE
+size_t sort_pairs_temp_bytes(int, int) { return 1; }
+
+cudaError_t sort_pairs(void*, size_t, const int* keys_in, int* keys_out, const uint64_t* vals_in, uint64_t* vals_out,
+                       int n, int, cudaStream_t) {
+  return ::mlxterp_emu::stable_sort_pairs(keys_in, keys_out, vals_in, vals_out, n);
+}
+#else
 size_t sort_pairs_temp_bytes(int n, int F) {
   size_t bytes = 0;
   cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const unsigned*>(nullptr),
@@ -205,16 +212,17 @@ cudaError_t sort_pairs(void* temp, size_t temp_bytes, const int* keys_in, int* k
                                          reinterpret_cast<unsigned*>(keys_out), vals_in, vals_out, n, 0,
                                          key_bits(F), stream);
 }
+#endif
 
 cudaError_t segment_offsets(const int* sorted_keys, int n, int F, int* offsets, cudaStream_t stream) {
-  offsets_kernel<<<(F + 1 + 255) / 256, 256, 0, stream>>>(sorted_keys, n, F, offsets);
+  MLXTERP_LAUNCH(offsets_kernel, (F + 1 + 255) / 256, 256, stream, sorted_keys, n, F, offsets);
   return cudaGetLastError();
 }
 
 cudaError_t adam_vector(int n, float* p, float* m, float* v, const float* g, AdamArgs adam, const float* clip,
                         cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  adam_vector_kernel<<<(n + 255) / 256, 256, 0, stream>>>(n, p, m, v, g, adam, clip);
+  MLXTERP_LAUNCH(adam_vector_kernel, (n + 255) / 256, 256, stream, n, p, m, v, g, adam, clip);
   return cudaGetLastError();
 }
 
@@ -223,7 +231,7 @@ cudaError_t to_bf16(const float* src, void* dst, int64_t n, cudaStream_t stream)
   if (n % 8) return cudaErrorInvalidValue;
   const int64_t n8 = n / 8;
   const int64_t blocks = std::min<int64_t>((n8 + 255) / 256, 65536);
-  to_bf16_kernel<<<unsigned(blocks), 256, 0, stream>>>(src, static_cast<uint16_t*>(dst), n8);
+  MLXTERP_LAUNCH(to_bf16_kernel, unsigned(blocks), 256, stream, src, static_cast<uint16_t*>(dst), n8);
   return cudaGetLastError();
 }
 

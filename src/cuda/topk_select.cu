@@ -5,8 +5,6 @@
 // counted apart (no shared-memory atomics on the hottest bin). The per-row kernel reads the row twice in the
 // common case (histogram, then collect: elements above the chosen bin are in, the bin's elements are
 // sorted in shared memory); a bin too full to sort goes one level deeper. Ties go to the lower latent.
-#include <cstdio>
-
 #include "cuda/common.cuh"
 
 namespace mlxterp::cuda_kernels {
@@ -421,8 +419,8 @@ cudaError_t topk_rows(const void* pre, int64_t ld, const float* b_enc, int rows,
                       int* latents, float* values, int* tok, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   if (k < 1 || k > kTopkMaxK || k > F || F % 8 || ld % 8) return cudaErrorInvalidValue;
-  topk_rows_kernel<<<rows, kThreads, 0, stream>>>(static_cast<const uint16_t*>(pre), ld, b_enc, F, k, out_row0,
-                                                  latents, values, tok);
+  MLXTERP_LAUNCH(topk_rows_kernel, rows, kThreads, stream, static_cast<const uint16_t*>(pre), ld, b_enc, F, k,
+                 out_row0, latents, values, tok);
   return cudaGetLastError();
 }
 
@@ -432,16 +430,16 @@ cudaError_t batch_topk_threshold(const void* pre, int64_t ld, const float* b_enc
   if (F % 8 || ld % 8 || total_k > int64_t(N) * F || total_k >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
   cudaError_t err = cudaMemsetAsync(hist, 0, kBins * sizeof(unsigned), stream);
   if (err != cudaSuccess) return err;
-  bt_init_kernel<<<1, 32, 0, stream>>>(state, total_k);
+  MLXTERP_LAUNCH(bt_init_kernel, 1, 32, stream, state, total_k);
   // Each block takes a 16K-latent segment of one row.
   const int seg_len = 16384, segs = (F + seg_len - 1) / seg_len;
   const int64_t blocks = int64_t(N) * segs;
   if (blocks >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
   const auto* p = static_cast<const uint16_t*>(pre);
   for (int level = 0; level < 3; ++level) {
-    bt_hist_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(p, ld, b_enc, F, segs, seg_len, state, level, hist,
-                                                              state + 3);
-    bt_pick_kernel<<<1, kThreads, 0, stream>>>(hist, state, level);
+    MLXTERP_LAUNCH(bt_hist_kernel, unsigned(blocks), kThreads, stream, p, ld, b_enc, F, segs, seg_len, state, level,
+                   hist, state + 3);
+    MLXTERP_LAUNCH(bt_pick_kernel, 1, kThreads, stream, hist, state, level);
   }
   return cudaGetLastError();
 }
@@ -449,8 +447,8 @@ cudaError_t batch_topk_threshold(const void* pre, int64_t ld, const float* b_enc
 cudaError_t batch_topk_count(const void* pre, int64_t ld, const float* b_enc, int N, int F, const int* state,
                              int* cnt_gt, int* cnt_eq, cudaStream_t stream) {
   if (N <= 0) return cudaSuccess;
-  bt_count_kernel<<<N, kThreads, 0, stream>>>(static_cast<const uint16_t*>(pre), ld, b_enc, F, state, cnt_gt,
-                                              cnt_eq);
+  MLXTERP_LAUNCH(bt_count_kernel, N, kThreads, stream, static_cast<const uint16_t*>(pre), ld, b_enc, F, state,
+                 cnt_gt, cnt_eq);
   return cudaGetLastError();
 }
 
@@ -458,8 +456,8 @@ cudaError_t batch_topk_collect(const void* pre, int64_t ld, const float* b_enc, 
                                const int64_t* row_ptr, const int64_t* take, int* latents, float* values, int* tok,
                                cudaStream_t stream) {
   if (N <= 0) return cudaSuccess;
-  bt_collect_kernel<<<N, kThreads, 0, stream>>>(static_cast<const uint16_t*>(pre), ld, b_enc, F, state, row_ptr,
-                                                take, latents, values, tok);
+  MLXTERP_LAUNCH(bt_collect_kernel, N, kThreads, stream, static_cast<const uint16_t*>(pre), ld, b_enc, F, state,
+                 row_ptr, take, latents, values, tok);
   return cudaGetLastError();
 }
 

@@ -127,7 +127,8 @@ TEST(SaeStepReference, StepperUsesTheReferenceOffTheGpu) {
 #ifdef MLXTERP_HAVE_CUDA_KERNELS
 #define MLXTERP_REQUIRE_CUDA_KERNELS() \
   do {                                 \
-    if (!at::hasCUDA()) GTEST_SKIP() << "the CUDA kernels are built in, but no GPU is visible"; \
+    if (!::mlxterp::sae_step::cuda_kernels_available())                                         \
+      GTEST_SKIP() << "the CUDA kernels are built in, but no GPU is visible";                    \
   } while (0)
 #else
 #define MLXTERP_REQUIRE_CUDA_KERNELS() \
@@ -137,7 +138,11 @@ TEST(SaeStepReference, StepperUsesTheReferenceOffTheGpu) {
 #ifdef MLXTERP_HAVE_CUDA_KERNELS
 namespace {
 
+#ifdef MLXTERP_CUDA_EMULATE
+const at::Device kGpu(at::kCPU);  // tests/emu: the kernels run on CPU threads
+#else
 const at::Device kGpu(at::kCUDA, 0);
+#endif
 
 struct SelectCase {
   const char* name;
