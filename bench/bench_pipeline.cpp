@@ -16,13 +16,13 @@
 #include "mlxterp/config.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/model.hpp"
-#include "mlxterp/sae_step.hpp"
+#include "mlxterp/sae_kernels.hpp"
 #include "mlxterp/shuffle_buffer.hpp"
 #include "mlxterp/util.hpp"
 
 using namespace mlxterp;
 using namespace mlxterp::bench;
-using namespace mlxterp::sae_step;
+using namespace mlxterp::sae_kernels;
 using nlohmann::json;
 
 namespace {

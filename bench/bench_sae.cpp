@@ -1,4 +1,4 @@
-// bench_sae — one TopK SAE training step (mlxterp::sae_step) against the PyTorch peer on the same device.
+// bench_sae — one TopK SAE training step (mlxterp::sae_kernels) against the PyTorch peer on the same device.
 //
 //   build/bench/bench_sae                          # GPU: the issue-9 cases, then bench/reference/sae_peer.py
 //   build/bench/bench_sae --device cpu             # CPU: small cases, the libtorch reference vs PyTorch on CPU
@@ -8,6 +8,7 @@
 // device memory during the steps against weights + Adam state, the encoder GEMM alone, a one-step check
 // against the reference step (GPU), and the peer's times with the ratios. The last lines are a summary
 // table with the issue's targets.
+#include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 
 #include <cmath>
@@ -16,12 +17,12 @@
 
 #include "bench_util.hpp"
 #include "mlxterp/error.hpp"
-#include "mlxterp/sae_step.hpp"
+#include "mlxterp/sae_kernels.hpp"
 #include "mlxterp/util.hpp"
 
 using namespace mlxterp;
 using namespace mlxterp::bench;
-using namespace mlxterp::sae_step;
+using namespace mlxterp::sae_kernels;
 using nlohmann::json;
 
 namespace {

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "mlxterp/sae_step.hpp"
+#include "mlxterp/sae_kernels.hpp"
 
 namespace mlxterp::bench {
 
@@ -27,13 +27,13 @@ inline double median(std::vector<double> v) {
 inline double time_ms(at::Device dev, int warmup, int iters, int repeats, const std::function<void(int)>& fn) {
   int i = 0;
   for (int w = 0; w < warmup; ++w) fn(i++);
-  sae_step::synchronize(dev);
+  sae_kernels::synchronize(dev);
   std::vector<double> times;
   for (int r = 0; r < repeats; ++r) {
-    sae_step::synchronize(dev);
+    sae_kernels::synchronize(dev);
     const auto t0 = std::chrono::steady_clock::now();
     for (int it = 0; it < iters; ++it) fn(i++);
-    sae_step::synchronize(dev);
+    sae_kernels::synchronize(dev);
     const auto t1 = std::chrono::steady_clock::now();
     times.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count() / iters);
   }

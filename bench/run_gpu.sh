@@ -111,8 +111,8 @@ BIN_PIPE=$(find "$BUILD" -name bench_pipeline -type f -perm -u+x | head -1)
 export MLXTERP_TEST_DEVICE=cuda
 if [[ -n "$BIN_TESTS" ]]; then
   # The GPU-kernel tests first and in full; then the rest of the suite, failures only.
-  stage tests_cuda 150 "$OUT/tests.log" "$BIN_TESTS" --gtest_filter='CudaSae*:SaeStep*:ShuffleBuffer*' --gtest_color=no
-  stage tests_rest 120 "$OUT/tests.log" "$BIN_TESTS" --gtest_filter='-CudaSae*:SaeStep*:ShuffleBuffer*' \
+  stage tests_cuda 150 "$OUT/tests.log" "$BIN_TESTS" --gtest_filter='CudaSae*:SaeKernels*:ShuffleBuffer*:CudaTrainStep*' --gtest_color=no
+  stage tests_rest 120 "$OUT/tests.log" "$BIN_TESTS" --gtest_filter='-CudaSae*:SaeKernels*:ShuffleBuffer*:CudaTrainStep*' \
     --gtest_brief=1 --gtest_color=no
   grep -E "^\[  (FAILED|PASSED|SKIPPED) |^\[==========\]|Failure|error:" "$OUT/tests.log" | head -60
 else

@@ -9,11 +9,18 @@
 #include "emu/cuda_emu.h"
 #define MLXTERP_LAUNCH(kernel, grid, block, stream, ...) \
   ::mlxterp_emu::launch((grid), (block), [&] { kernel(__VA_ARGS__); })
+#define MLXTERP_LAUNCH_SMEM(kernel, grid, block, smem, stream, ...) \
+  ::mlxterp_emu::launch((grid), (block), [&] { kernel(__VA_ARGS__); })
+#define MLXTERP_DYNAMIC_SMEM(name) alignas(16) static unsigned char name[256 * 1024]
 #else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 // kernel<<<grid, block, 0, stream>>>(args...); `kernel` may be a pointer to a (template) kernel.
 #define MLXTERP_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#define MLXTERP_LAUNCH_SMEM(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+// The kernel's dynamic shared memory (16-byte aligned).
+#define MLXTERP_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 
 #include "cuda/kernels.h"

@@ -25,18 +25,21 @@ constexpr int min_blocks() {
   return CH == 1 ? 2 : 1;
 }
 
+// The pair's gradient-row source: main (token < n_main) or AuxK.
+__device__ __forceinline__ int source_of(int tok, int n_main) { return tok < n_main ? 0 : 1; }
+
 template <int CH>
 __global__ void __launch_bounds__(512, min_blocks<CH>())
-    decoder_kernel(LatentMode mode, int F, int d, LatentPairs P, const uint16_t* __restrict__ e16,
+    decoder_kernel(LatentMode mode, int F, int d, LatentPairs P, const uint16_t* __restrict__ G16,
                    const float* __restrict__ coef_p, float* __restrict__ W, uint16_t* __restrict__ W16,
                    float* __restrict__ M, float* __restrict__ V, float* __restrict__ gval, AdamArgs adam,
-                   const float* __restrict__ clip_p, bool remove_parallel, bool renorm,
-                   float* __restrict__ norm_partial) {
+                   const float* __restrict__ clip_p, const int* __restrict__ gate, bool remove_parallel,
+                   bool renorm, float* __restrict__ norm_partial) {
   __shared__ float s_red[33 * kPairBatch + kPairBatch];
   const int t = threadIdx.x, T = blockDim.x;
-  const float coef = *coef_p;
+  const float coef[2] = {coef_p[0], coef_p[1]};
   const float clip = clip_p ? *clip_p : 1.f;
-  const bool update = mode != LatentMode::NormOnly;
+  const bool update = mode != LatentMode::NormOnly && (!gate || *gate != 0);
   const bool want_gval = mode != LatentMode::UpdateOnly;
   float nacc = 0.f;
 
@@ -67,17 +70,18 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
         float a = 0.f;
         if (q < cnt) unpack_pair(P.sorted[p0 + q], n, a);
         if (a != 0.f) {  // a zero activation adds nothing and its gval is never used (relu' = 0)
-          const uint16_t* er = e16 + int64_t(n) * d;
+          const float ca = coef[source_of(n, P.n_main)] * a;
+          const uint16_t* gr = G16 + int64_t(n) * d;
 #pragma unroll
           for (int c = 0; c < CH; ++c) {
             const int e0 = (c * T + t) * 8;
             if (e0 < d) {
-              float ev[8];
-              unpack_bf16x8(ld_ro(er + e0), ev);
+              float gv[8];
+              unpack_bf16x8(ld_ro(gr + e0), gv);
 #pragma unroll
               for (int i = 0; i < 8; ++i) {
-                dots[q] = fmaf(ev[i], w[c][i], dots[q]);
-                g[c][i] = fmaf(a, ev[i], g[c][i]);
+                dots[q] = fmaf(gv[i], w[c][i], dots[q]);
+                g[c][i] = fmaf(ca, gv[i], g[c][i]);
               }
             }
           }
@@ -89,34 +93,38 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
 #pragma unroll
         for (int q = 0; q < kPairBatch; ++q)
           if (q == t) mine = dots[q];
-        if (t < cnt) gval[p0 + t] = coef * mine;
+        if (t < cnt) {
+          int n;
+          float a;
+          unpack_pair(P.sorted[p0 + t], n, a);
+          gval[p0 + t] = coef[source_of(n, P.n_main)] * mine;
+        }
       }
     }
-#pragma unroll
-    for (int c = 0; c < CH; ++c)
-#pragma unroll
-      for (int i = 0; i < 8; ++i) g[c][i] *= coef;
 
     if (remove_parallel) {
-      float pd = 0.f;
+      float r[2] = {0.f, 0.f};  // g . w, w . w
 #pragma unroll
       for (int c = 0; c < CH; ++c)
 #pragma unroll
-        for (int i = 0; i < 8; ++i) pd = fmaf(g[c][i], w[c][i], pd);
-      pd = block_sum1(pd, s_red);
+        for (int i = 0; i < 8; ++i) {
+          r[0] = fmaf(g[c][i], w[c][i], r[0]);
+          r[1] = fmaf(w[c][i], w[c][i], r[1]);
+        }
+      block_sum<2>(r, s_red);
+      const float pd = r[0] / fmaxf(r[1], 1e-24f);
 #pragma unroll
       for (int c = 0; c < CH; ++c)
 #pragma unroll
         for (int i = 0; i < 8; ++i) g[c][i] = fmaf(-pd, w[c][i], g[c][i]);
     }
-
-    if (!update) {
+    if (mode != LatentMode::UpdateOnly) {
 #pragma unroll
       for (int c = 0; c < CH; ++c)
 #pragma unroll
         for (int i = 0; i < 8; ++i) nacc = fmaf(g[c][i], g[c][i], nacc);
-      continue;
     }
+    if (!update) continue;
 
     float n2 = 0.f;
 #pragma unroll
@@ -132,7 +140,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     }
     if (renorm) {
       n2 = block_sum1(n2, s_red);
-      const float s = 1.f / (sqrtf(n2) + FLT_EPSILON);
+      const float s = 1.f / fmaxf(sqrtf(n2), 1e-12f);
 #pragma unroll
       for (int c = 0; c < CH; ++c)
 #pragma unroll
@@ -149,7 +157,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
       }
     }
   }
-  if (!update) {
+  if (mode != LatentMode::UpdateOnly) {
     nacc = block_sum1(nacc, s_red);
     if (t == 0) norm_partial[blockIdx.x] = nacc;
   }
@@ -160,14 +168,14 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     encoder_kernel(LatentMode mode, int F, int d, LatentPairs P, const uint16_t* __restrict__ xc16,
                    const float* __restrict__ gval, float* __restrict__ W, uint16_t* __restrict__ W16,
                    float* __restrict__ M, float* __restrict__ V, float* __restrict__ b, float* __restrict__ bm,
-                   float* __restrict__ bv, AdamArgs adam, const float* __restrict__ clip_p,
-                   int64_t* __restrict__ since_fired, int* __restrict__ fire_count, int n_tokens,
+                   float* __restrict__ bv, AdamArgs adam, AdamArgs bias_adam, const float* __restrict__ clip_p,
+                   const int* __restrict__ gate, float fire_threshold, int* __restrict__ fire_count,
                    float* __restrict__ bdec_partial, float* __restrict__ norm_partial) {
   __shared__ float s_red[34];
   const int t = threadIdx.x, T = blockDim.x;
   const float clip = clip_p ? *clip_p : 1.f;
-  const bool update = mode != LatentMode::NormOnly;
-  const bool want_bdec = mode != LatentMode::UpdateOnly;
+  const bool update = mode != LatentMode::NormOnly && (!gate || *gate != 0);
+  const bool first_pass = mode != LatentMode::UpdateOnly;  // b_dec partials and norms
   float bacc[CH][8];
 #pragma unroll
   for (int c = 0; c < CH; ++c)
@@ -202,11 +210,12 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
           int n;
           float a;
           unpack_pair(P.sorted[p0 + q], n, a);
+          const bool main = n < P.n_main;
           const float gp = a > 0.f ? gval[p0 + q] : 0.f;  // relu'(pre) = [val > 0]
-          fired += a > 0.f;
+          fired += main && a > fire_threshold;
           gb += gp;
           if (gp != 0.f) {
-            const uint16_t* xr = xc16 + int64_t(n) * d;
+            const uint16_t* xr = xc16 + int64_t(main ? n : n - P.n_main) * d;
 #pragma unroll
             for (int c = 0; c < CH; ++c) {
               const int e0 = (c * T + t) * 8;
@@ -221,20 +230,18 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
         }
       }
     }
-    if (want_bdec) {
+    if (first_pass) {
 #pragma unroll
       for (int c = 0; c < CH; ++c)
 #pragma unroll
-        for (int i = 0; i < 8; ++i) bacc[c][i] = fmaf(gb, w[c][i], bacc[c][i]);
-    }
-    if (!update) {
-#pragma unroll
-      for (int c = 0; c < CH; ++c)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) nacc = fmaf(g[c][i], g[c][i], nacc);
+        for (int i = 0; i < 8; ++i) {
+          bacc[c][i] = fmaf(gb, w[c][i], bacc[c][i]);
+          nacc = fmaf(g[c][i], g[c][i], nacc);
+        }
       if (t == 0) nacc = fmaf(gb, gb, nacc);
-      continue;
     }
+    if (mode != LatentMode::NormOnly && t == 0 && fire_count) fire_count[f] = fired;
+    if (!update) continue;
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
       const int e0 = (c * T + t) * 8;
@@ -249,21 +256,17 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     }
     if (t == 0) {
       float bmf = bm[f], bvf = bv[f];
-      b[f] = adam_update(b[f], gb * clip, bmf, bvf, adam);
+      b[f] = adam_update(b[f], gb * clip, bmf, bvf, bias_adam);
       bm[f] = bmf;
       bv[f] = bvf;
-      if (since_fired) since_fired[f] = fired ? 0 : since_fired[f] + n_tokens;
-      if (fire_count) fire_count[f] = fired;
     }
   }
-  if (want_bdec) {
+  if (first_pass) {
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
       const int e0 = (c * T + t) * 8;
       if (e0 < d) store_f8(bdec_partial + int64_t(blockIdx.x) * d + e0, bacc[c]);
     }
-  }
-  if (!update) {
     nacc = block_sum1(nacc, s_red);
     if (t == 0) norm_partial[blockIdx.x] = nacc;
   }
@@ -303,38 +306,39 @@ int latent_grid_size(int d) {
   return cache.grid;
 }
 
-cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* e16, const float* coef,
+cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* G16, const float* coef,
                            float* W, void* W16, float* m, float* v, float* gval, AdamArgs adam, const float* clip,
-                           bool remove_parallel, bool renorm, float* norm_partial, cudaStream_t stream) {
+                           const int* gate, bool remove_parallel, bool renorm, float* norm_partial,
+                           cudaStream_t stream) {
   if (F <= 0) return cudaSuccess;
   if (d % 8 || d > kMaxDim) return cudaErrorInvalidValue;
   const RowLayout L = row_layout(d);
   // Exactly latent_grid_size blocks: each writes its norm partial (blocks past F write zeros).
   const int grid = latent_grid_size(d);
   if (grid <= 0) return cudaErrorInvalidConfiguration;
-  const auto* e = static_cast<const uint16_t*>(e16);
+  const auto* g16 = static_cast<const uint16_t*>(G16);
   auto* w16 = static_cast<uint16_t*>(W16);
   auto kernel = L.ch == 1 ? decoder_kernel<1> : (L.ch == 2 ? decoder_kernel<2> : decoder_kernel<4>);
-  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, e, coef, W, w16, m, v, gval, adam, clip,
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, g16, coef, W, w16, m, v, gval, adam, clip, gate,
                  remove_parallel, renorm, norm_partial);
   return cudaGetLastError();
 }
 
 cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* xc16, const float* gval,
                            float* W, void* W16, float* m, float* v, float* b, float* bm, float* bv, AdamArgs adam,
-                           const float* clip, int64_t* since_fired, int* fire_count, int n_tokens,
-                           float* bdec_partial, float* norm_partial, cudaStream_t stream) {
+                           AdamArgs bias_adam, const float* clip, const int* gate, float fire_threshold,
+                           int* fire_count, float* bdec_partial, float* norm_partial, cudaStream_t stream) {
   if (F <= 0) return cudaSuccess;
   if (d % 8 || d > kMaxDim) return cudaErrorInvalidValue;
   const RowLayout L = row_layout(d);
-  // Every block writes its b_dec partial row, so the launch uses exactly latent_grid_size blocks.
+  // Exactly latent_grid_size blocks: every block writes its b_dec partial row and norm partial.
   const int grid = latent_grid_size(d);
   if (grid <= 0) return cudaErrorInvalidConfiguration;
   const auto* x = static_cast<const uint16_t*>(xc16);
   auto* w16 = static_cast<uint16_t*>(W16);
   auto kernel = L.ch == 1 ? encoder_kernel<1> : (L.ch == 2 ? encoder_kernel<2> : encoder_kernel<4>);
-  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, m, v, b, bm, bv, adam, clip,
-                 since_fired, fire_count, n_tokens, bdec_partial, norm_partial);
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, m, v, b, bm, bv, adam,
+                 bias_adam, clip, gate, fire_threshold, fire_count, bdec_partial, norm_partial);
   return cudaGetLastError();
 }
 

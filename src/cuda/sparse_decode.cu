@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(512) decode_kernel(int d, int k, const int64_t
 #pragma unroll
   for (int c = 0; c < CH; ++c) {
     const int e0 = (c * T + t) * 8;
-    if (e0 < d) {
+    if (e0 < d && b_dec) {
       load_f8_ro(b_dec + e0, acc[c]);
     } else {
 #pragma unroll
@@ -51,10 +51,12 @@ __global__ void __launch_bounds__(512) decode_kernel(int d, int k, const int64_t
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const uint16_t* rowp = W + int64_t(s_lat[j + u]) * d;
+        const bool zero = s_val[j + u] == 0.f;  // nothing to add (AuxK: mostly zeros): skip the row
 #pragma unroll
         for (int c = 0; c < CH; ++c) {
           const int e0 = (c * T + t) * 8;
-          if (e0 < d) w[u][c] = ld_ro(rowp + e0);
+          w[u][c] = make_uint4(0u, 0u, 0u, 0u);
+          if (e0 < d && !zero) w[u][c] = ld_ro(rowp + e0);
         }
       }
 #pragma unroll
@@ -75,6 +77,7 @@ __global__ void __launch_bounds__(512) decode_kernel(int d, int k, const int64_t
     for (; j < cnt; ++j) {
       const uint16_t* rowp = W + int64_t(s_lat[j]) * d;
       const float a = s_val[j];
+      if (a == 0.f) continue;
 #pragma unroll
       for (int c = 0; c < CH; ++c) {
         const int e0 = (c * T + t) * 8;
@@ -124,9 +127,13 @@ cudaError_t launch_decode(int N, int d, int k, const int64_t* row_ptr, const int
   return cudaGetLastError();
 }
 
-__global__ void pack_pairs_kernel(const int* tok, const float* values, int n, uint64_t* packed) {
+__global__ void pack_pairs_kernel(const int* tok, const int* latents, const float* values, int n, int tok_offset,
+                                  bool sentinel_zero, int F, int* keys, uint64_t* packed) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) packed[i] = (uint64_t(unsigned(tok[i])) << 32) | uint64_t(__float_as_uint(values[i]));
+  if (i >= n) return;
+  const float v = values[i];
+  packed[i] = (uint64_t(unsigned(tok[i] + tok_offset)) << 32) | uint64_t(__float_as_uint(v));
+  keys[i] = sentinel_zero && !(v > 0.f) ? F : latents[i];
 }
 
 __global__ void offsets_kernel(const int* __restrict__ keys, int n, int F, int* __restrict__ offsets) {
@@ -140,13 +147,13 @@ __global__ void offsets_kernel(const int* __restrict__ keys, int n, int F, int* 
     else
       hi = mid;
   }
-  offsets[f] = f == F ? n : lo;
+  offsets[f] = lo;
 }
 
 __global__ void adam_vector_kernel(int n, float* p, float* m, float* v, const float* g, AdamArgs a,
-                                   const float* clip) {
+                                   const float* clip, const int* gate) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
+  if (i >= n || (gate && *gate == 0)) return;
   const float c = clip ? *clip : 1.f;
   float mi = m[i], vi = v[i];
   p[i] = adam_update(p[i], g[i] * c, mi, vi, a);
@@ -162,9 +169,9 @@ __global__ void to_bf16_kernel(const float* __restrict__ src, uint16_t* __restri
   }
 }
 
-int key_bits(int F) {
+int key_bits(int F) {  // keys are 0..F (F: the sentinel)
   int bits = 1;
-  while ((int64_t(1) << bits) < F) ++bits;
+  while ((int64_t(1) << bits) <= F) ++bits;
   return bits;
 }
 
@@ -183,9 +190,11 @@ cudaError_t sparse_decode(int N, int d, int k, const int64_t* row_ptr, const int
   }
 }
 
-cudaError_t pack_pairs(const int* tok, const float* values, int n, uint64_t* packed, cudaStream_t stream) {
+cudaError_t pack_pairs(const int* tok, const int* latents, const float* values, int n, int tok_offset,
+                       bool sentinel_zero, int F, int* keys, uint64_t* packed, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  MLXTERP_LAUNCH(pack_pairs_kernel, (n + 255) / 256, 256, stream, tok, values, n, packed);
+  MLXTERP_LAUNCH(pack_pairs_kernel, (n + 255) / 256, 256, stream, tok, latents, values, n, tok_offset, sentinel_zero,
+                 F, keys, packed);
   return cudaGetLastError();
 }
 
@@ -220,9 +229,9 @@ cudaError_t segment_offsets(const int* sorted_keys, int n, int F, int* offsets, 
 }
 
 cudaError_t adam_vector(int n, float* p, float* m, float* v, const float* g, AdamArgs adam, const float* clip,
-                        cudaStream_t stream) {
+                        const int* gate, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  MLXTERP_LAUNCH(adam_vector_kernel, (n + 255) / 256, 256, stream, n, p, m, v, g, adam, clip);
+  MLXTERP_LAUNCH(adam_vector_kernel, (n + 255) / 256, 256, stream, n, p, m, v, g, adam, clip, gate);
   return cudaGetLastError();
 }
 

@@ -12,10 +12,19 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kBins = 4096;  // 12-bit digits; find_bin gives each of the 512 threads 8 bins
-constexpr int kCand = 2048;  // candidates sorted in shared memory (>= kTopkMaxK: reused for the final sort)
 constexpr int kUnroll = 2;
 static_assert(kBins == 8 * kThreads, "find_bin assumes 8 bins per thread");
-static_assert(kCand >= kTopkMaxK, "the final sort reuses the candidate buffer");
+
+// Candidates sorted in shared memory: at least 2048, and at least k (the buffer is reused for the final sort).
+__host__ __device__ inline int cand_capacity(int k) {
+  int c = 2048;
+  while (c < k) c <<= 1;
+  return c;
+}
+// Dynamic shared memory of topk_rows_kernel: histogram, candidates (u64), selections (idx + key).
+inline size_t topk_smem_bytes(int k) {
+  return kBins * sizeof(int) + size_t(cand_capacity(k)) * sizeof(unsigned long long) + size_t(k) * 8;
+}
 
 using u64 = unsigned long long;
 
@@ -29,10 +38,21 @@ __device__ __forceinline__ unsigned relu_key(float pre, float b) {
   return v > 0.f ? __float_as_uint(v) : 0u;  // NaN and -0 count as 0
 }
 
+// mask (optional, [F] bytes): latents with mask[f] == 0 get key 0, i.e. are never chosen over a positive key.
+__device__ __forceinline__ void apply_mask(const uint8_t* mask, int f0, unsigned key[8]) {
+  if (!mask) return;
+  const uint2 m = *reinterpret_cast<const uint2*>(mask + f0);  // 8 flags (f0 % 8 == 0)
+  const uint32_t w[2] = {m.x, m.y};
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    if (((w[i >> 2] >> ((i & 3) * 8)) & 0xffu) == 0) key[i] = 0;
+}
+
 // fn(f, key) for every element of [begin, end) this thread owns: 8 consecutive per 16-byte load, the
 // block striding by 8 * blockDim.x. begin, end multiples of 8.
 template <class Fn>
-__device__ __forceinline__ void for_each_key(const uint16_t* row, const float* b_enc, int begin, int end, Fn&& fn) {
+__device__ __forceinline__ void for_each_key(const uint16_t* row, const float* b_enc, const uint8_t* mask, int begin,
+                                             int end, Fn&& fn) {
   const int stride = blockDim.x * 8;
   for (int base = begin + threadIdx.x * 8; base < end; base += stride * kUnroll) {
     uint4 raw[kUnroll];
@@ -50,21 +70,27 @@ __device__ __forceinline__ void for_each_key(const uint16_t* row, const float* b
       const int f = base + u * stride;
       if (f < end) {
         float p[8];
+        unsigned key[8];
         unpack_bf16x8(raw[u], p);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) fn(f + i, relu_key(p[i], b[u][i]));
+        for (int i = 0; i < 8; ++i) key[i] = relu_key(p[i], b[u][i]);
+        apply_mask(mask, f, key);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) fn(f + i, key[i]);
       }
     }
   }
 }
 
 // The 8 keys of [f0, f0 + 8) (f0 < F).
-__device__ __forceinline__ void keys8(const uint16_t* row, const float* b_enc, int f0, unsigned key[8]) {
+__device__ __forceinline__ void keys8(const uint16_t* row, const float* b_enc, const uint8_t* mask, int f0,
+                                     unsigned key[8]) {
   float p[8], b[8];
   unpack_bf16x8(ld_ro(row + f0), p);
   load_f8_ro(b_enc + f0, b);
 #pragma unroll
   for (int i = 0; i < 8; ++i) key[i] = relu_key(p[i], b[i]);
+  apply_mask(mask, f0, key);
 }
 
 // The bin holding the needed-th largest key: pick[0] = bin, pick[1] = count in higher bins (< needed),
@@ -119,24 +145,24 @@ __device__ __forceinline__ int next_pow2(int n) {
 }
 
 // Appends, in latent order, the first r keys equal to `target` to sel[base, base + r). Ends with a barrier.
-__device__ void ordered_take(const uint16_t* row, const float* b_enc, int F, unsigned target, int r, int base,
-                             int* sel_idx, unsigned* sel_key, int* s_scan) {
+__device__ void ordered_take(const uint16_t* row, const float* b_enc, const uint8_t* mask, int F, unsigned target,
+                             int r, int base, int* sel_idx, unsigned* sel_key, int* s_scan) {
   int taken = 0;
   for (int tile = 0; tile < F && taken < r; tile += blockDim.x * 8) {
     const int f0 = tile + threadIdx.x * 8;
-    unsigned mask = 0;
+    unsigned bits = 0;
     if (f0 < F) {
       unsigned key[8];
-      keys8(row, b_enc, f0, key);
+      keys8(row, b_enc, mask, f0, key);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) mask |= (key[i] == target ? 1u : 0u) << i;
+      for (int i = 0; i < 8; ++i) bits |= (key[i] == target ? 1u : 0u) << i;
     }
-    const int cnt = __popc(mask);
+    const int cnt = __popc(bits);
     int total;
     int pos = taken + block_inclusive_scan(cnt, s_scan, &total) - cnt;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      if ((mask >> i) & 1u) {
+      if ((bits >> i) & 1u) {
         if (pos < r) {
           sel_idx[base + pos] = f0 + i;
           sel_key[base + pos] = target;
@@ -149,19 +175,32 @@ __device__ void ordered_take(const uint16_t* row, const float* b_enc, int F, uns
   __syncthreads();
 }
 
-__global__ void __launch_bounds__(kThreads, 2) topk_rows_kernel(const uint16_t* __restrict__ pre, int64_t ld,
-                                                             const float* __restrict__ b_enc, int F, int k,
-                                                             int out_row0, int* __restrict__ latents,
-                                                             float* __restrict__ values, int* __restrict__ tok) {
-  __shared__ int s_hist[kBins];
-  __shared__ u64 s_cand[kCand];
-  __shared__ int s_sel_idx[kTopkMaxK];
-  __shared__ unsigned s_sel_key[kTopkMaxK];
+__global__ void __launch_bounds__(kThreads, 2)
+    topk_rows_kernel(const uint16_t* __restrict__ pre, int64_t ld, const float* __restrict__ b_enc,
+                     const uint8_t* __restrict__ mask, const int* __restrict__ enabled, int F, int k, int out_row0,
+                     int* __restrict__ latents, float* __restrict__ values, int* __restrict__ tok) {
+  MLXTERP_DYNAMIC_SMEM(smem);
+  const int kCand = cand_capacity(k);
+  int* s_hist = reinterpret_cast<int*>(smem);                                      // [kBins]
+  u64* s_cand = reinterpret_cast<u64*>(smem + kBins * sizeof(int));                // [kCand]
+  int* s_sel_idx = reinterpret_cast<int*>(s_cand + kCand);                         // [k]
+  unsigned* s_sel_key = reinterpret_cast<unsigned*>(s_sel_idx + k);                // [k]
   __shared__ int s_scan[33];
   __shared__ int s_pick[3];
   __shared__ int s_nsel, s_ncand;
 
   const int t = threadIdx.x;
+  const int r = out_row0 + int(blockIdx.x);
+  const int64_t o = int64_t(r) * k;
+  if (enabled && *enabled == 0) {
+    // Nothing to select (e.g. AuxK with no dead latent): the lowest k latents, all zero.
+    for (int i = t; i < k; i += blockDim.x) {
+      latents[o + i] = i;
+      values[o + i] = 0.f;
+      tok[o + i] = r;
+    }
+    return;
+  }
   const uint16_t* row = pre + int64_t(blockIdx.x) * ld;
   auto push = [&](int f, unsigned key) {
     const int slot = atomicAdd(&s_nsel, 1);
@@ -178,7 +217,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_rows_kernel(const uint16_t* 
 
   // Level-0 histogram of the positive keys.
   int npos = 0;
-  for_each_key(row, b_enc, 0, F, [&](int, unsigned key) {
+  for_each_key(row, b_enc, mask, 0, F, [&](int, unsigned key) {
     if (key) {
       atomicAdd(&s_hist[key >> 19], 1);
       ++npos;
@@ -189,11 +228,11 @@ __global__ void __launch_bounds__(kThreads, 2) topk_rows_kernel(const uint16_t* 
 
   if (total_pos <= k) {
     // Every positive key, then the lowest latents among the zeros.
-    for_each_key(row, b_enc, 0, F, [&](int f, unsigned key) {
+    for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
       if (key) push(f, key);
     });
     __syncthreads();
-    ordered_take(row, b_enc, F, 0u, k - total_pos, total_pos, s_sel_idx, s_sel_key, s_scan);
+    ordered_take(row, b_enc, mask, F, 0u, k - total_pos, total_pos, s_sel_idx, s_sel_key, s_scan);
   } else {
     int needed = k;
     unsigned prefix = 0;
@@ -206,7 +245,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_rows_kernel(const uint16_t* 
       const unsigned new_prefix = prefix | (bin << sh);
       if (eq <= kCand) {
         // Above the bin: in. In the bin: candidates, sorted by (key desc, latent asc).
-        for_each_key(row, b_enc, 0, F, [&](int f, unsigned key) {
+        for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
           if (key && (key & pm) == prefix) {
             const unsigned dg = (key >> sh) & dm;
             if (dg > bin) {
@@ -232,12 +271,12 @@ __global__ void __launch_bounds__(kThreads, 2) topk_rows_kernel(const uint16_t* 
       }
       if (level == 2) {
         // More than kCand identical keys (== new_prefix): the lowest latents among them.
-        for_each_key(row, b_enc, 0, F, [&](int f, unsigned key) {
+        for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
           if (key && (key & pm) == prefix && ((key >> sh) & dm) > bin) push(f, key);
         });
         __syncthreads();
         const int base = s_nsel;
-        ordered_take(row, b_enc, F, new_prefix, needed - above, base, s_sel_idx, s_sel_key, s_scan);
+        ordered_take(row, b_enc, mask, F, new_prefix, needed - above, base, s_sel_idx, s_sel_key, s_scan);
         break;
       }
       // One level deeper: take what is above the bin, histogram the next digit inside it.
@@ -245,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_rows_kernel(const uint16_t* 
       __syncthreads();
       const int sh2 = lvl_shift(level + 1);
       const unsigned dm2 = lvl_dmask(level + 1);
-      for_each_key(row, b_enc, 0, F, [&](int f, unsigned key) {
+      for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
         if (key && (key & pm) == prefix) {
           const unsigned dg = (key >> sh) & dm;
           if (dg > bin)
@@ -267,8 +306,6 @@ __global__ void __launch_bounds__(kThreads, 2) topk_rows_kernel(const uint16_t* 
     s_cand[i] = i < k ? (u64(unsigned(s_sel_idx[i])) << 32) | u64(s_sel_key[i]) : ~0ull;
   __syncthreads();
   bitonic_sort(s_cand, n2, /*descending=*/false);
-  const int r = out_row0 + int(blockIdx.x);
-  const int64_t o = int64_t(r) * k;
   for (int i = t; i < k; i += blockDim.x) {
     const u64 c = s_cand[i];
     latents[o + i] = int(c >> 32);
@@ -301,7 +338,7 @@ __global__ void __launch_bounds__(kThreads) bt_hist_kernel(const uint16_t* __res
   const unsigned prefix = unsigned(state[0]), pm = lvl_pmask(level), dm = lvl_dmask(level);
   const int sh = lvl_shift(level);
   int npos = 0;
-  for_each_key(pre + int64_t(row) * ld, b_enc, begin, end, [&](int, unsigned key) {
+  for_each_key(pre + int64_t(row) * ld, b_enc, nullptr, begin, end, [&](int, unsigned key) {
     if (key && (key & pm) == prefix) {
       atomicAdd(&s_hist[(key >> sh) & dm], 1);
       ++npos;
@@ -353,7 +390,7 @@ __global__ void __launch_bounds__(kThreads) bt_count_kernel(const uint16_t* __re
   __shared__ int s_scan[33];
   const unsigned T = unsigned(state[4]);
   int gt = 0, eq = 0;
-  for_each_key(pre + int64_t(blockIdx.x) * ld, b_enc, 0, F, [&](int, unsigned key) {
+  for_each_key(pre + int64_t(blockIdx.x) * ld, b_enc, nullptr, 0, F, [&](int, unsigned key) {
     gt += key > T;
     eq += key == T;
   });
@@ -383,7 +420,7 @@ __global__ void __launch_bounds__(kThreads) bt_collect_kernel(const uint16_t* __
     unsigned key[8];
     int cg = 0, ce = 0;
     if (f0 < F) {
-      keys8(row, b_enc, f0, key);
+      keys8(row, b_enc, nullptr, f0, key);
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         cg += key[i] > T;
@@ -416,11 +453,18 @@ __global__ void __launch_bounds__(kThreads) bt_collect_kernel(const uint16_t* __
 }  // namespace
 
 cudaError_t topk_rows(const void* pre, int64_t ld, const float* b_enc, int rows, int F, int k, int out_row0,
-                      int* latents, float* values, int* tok, cudaStream_t stream) {
+                      int* latents, float* values, int* tok, cudaStream_t stream, const uint8_t* mask,
+                      const int* enabled) {
   if (rows <= 0) return cudaSuccess;
   if (k < 1 || k > kTopkMaxK || k > F || F % 8 || ld % 8) return cudaErrorInvalidValue;
-  MLXTERP_LAUNCH(topk_rows_kernel, rows, kThreads, stream, static_cast<const uint16_t*>(pre), ld, b_enc, F, k,
-                 out_row0, latents, values, tok);
+  const size_t smem = topk_smem_bytes(k);
+  if (smem + 1024 > 48 * 1024) {  // past the default limit (static shared memory counts too)
+    const cudaError_t err =
+        cudaFuncSetAttribute(topk_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+  }
+  MLXTERP_LAUNCH_SMEM(topk_rows_kernel, rows, kThreads, smem, stream, static_cast<const uint16_t*>(pre), ld, b_enc,
+                      mask, enabled, F, k, out_row0, latents, values, tok);
   return cudaGetLastError();
 }
 

@@ -40,6 +40,11 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t = 
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+template <class F>
+inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int bytes) {
+  return bytes <= 256 * 1024 ? cudaSuccess : cudaErrorInvalidValue;  // MLXTERP_DYNAMIC_SMEM's size
+}
 
 // ---- qualifiers -----------------------------------------------------------------------------------------
 #define __global__

@@ -1,20 +1,20 @@
 // The TopK / BatchTopK SAE step in plain libtorch ops (the reference every CUDA kernel is tested
 // against), the backend choice, and the CPU side of the device helpers. Compiled in every build.
-#include "mlxterp/sae_step.hpp"
+#include "mlxterp/sae_kernels.hpp"
 
 #include <cfloat>
 #include <cmath>
 
 #include "mlxterp/error.hpp"
 #include "mlxterp/util.hpp"
-#include "cuda/sae_step_internal.hpp"
+#include "cuda/sae_kernels_internal.hpp"
 
-namespace mlxterp::sae_step {
+namespace mlxterp::sae_kernels {
 
 // ---- parameters ---------------------------------------------------------------------------------------
 
 Params Params::init(int64_t d_in, int64_t d_sae, at::Device device, uint64_t seed) {
-  MLXTERP_CHECK(d_in > 0 && d_sae > 0, "sae_step::Params::init: d_in and d_sae must be > 0; got ", d_in, " and ",
+  MLXTERP_CHECK(d_in > 0 && d_sae > 0, "sae_kernels::Params::init: d_in and d_sae must be > 0; got ", d_in, " and ",
                 d_sae);
   at::manual_seed(seed);
   auto opt = at::TensorOptions().dtype(at::kFloat).device(device);
@@ -81,6 +81,10 @@ void check_step_inputs(const Params& p, const AdamState& s, const at::Tensor& si
   MLXTERP_CHECK(c.step >= 1, where, ": step (Adam's t) must be >= 1; got ", c.step);
   MLXTERP_CHECK(c.lr >= 0 && c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1 && c.eps > 0, where,
                 ": Adam settings out of range (lr ", c.lr, ", betas ", c.beta1, ", ", c.beta2, ", eps ", c.eps, ")");
+  MLXTERP_CHECK(c.auxk_coef >= 0 && (c.auxk_coef == 0 || c.k_aux >= 1), where,
+                ": AuxK needs auxk_coef >= 0 and k_aux >= 1; got auxk_coef ", c.auxk_coef, ", k_aux ", c.k_aux);
+  MLXTERP_CHECK(!c.allow_update.defined() || c.allow_update.numel() == 1, where,
+                ": allow_update must be a one-element tensor; got ", shape_str(c.allow_update.sizes()));
   MLXTERP_CHECK(c.compute_dtype == at::kBFloat16 || c.compute_dtype == at::kFloat || c.compute_dtype == at::kHalf,
                 where, ": compute_dtype must be bfloat16, float16 or float32; got ", dtype_str(c.compute_dtype));
 }
@@ -107,13 +111,18 @@ at::Tensor csr_rows(const at::Tensor& row_ptr, int64_t total) {
 // Pairs processed per chunk in the gathers below (bounds the [chunk, d] temporaries to ~256 MB).
 int64_t pair_chunk(int64_t d) { return std::max<int64_t>(1, (int64_t(1) << 26) / std::max<int64_t>(1, d)); }
 
-void adamw(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const StepConfig& c) {
+// AdamW (torch's formulas) where `gate` ([] bool) is true; p, m, v unchanged elsewhere.
+void adamw(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const StepConfig& c, bool decay,
+           const at::Tensor& gate) {
   const double bc1 = 1 - std::pow(c.beta1, double(c.step)), bc2 = 1 - std::pow(c.beta2, double(c.step));
-  if (c.weight_decay != 0) p.mul_(1 - c.lr * c.weight_decay);
-  m.lerp_(g, 1 - c.beta1);
-  v.mul_(c.beta2).addcmul_(g, g, 1 - c.beta2);
-  at::Tensor denom = (v.sqrt() / std::sqrt(bc2)).add_(c.eps);
-  p.addcdiv_(m, denom, -c.lr / bc1);
+  at::Tensor p_new = decay && c.weight_decay != 0 ? p * (1 - c.lr * c.weight_decay) : p.clone();
+  at::Tensor m_new = m.lerp(g, 1 - c.beta1);
+  at::Tensor v_new = v * c.beta2 + g * g * (1 - c.beta2);
+  at::Tensor denom = (v_new.sqrt() / std::sqrt(bc2)).add_(c.eps);
+  p_new.addcdiv_(m_new, denom, -c.lr / bc1);
+  p.copy_(at::where(gate, p_new, p));
+  m.copy_(at::where(gate, m_new, m));
+  v.copy_(at::where(gate, v_new, v));
 }
 
 }  // namespace
@@ -122,8 +131,10 @@ void adamw(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, con
 
 namespace ref {
 
-std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k) {
+std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k,
+                                            const at::Tensor& mask_in) {
   at::Tensor acts = at::relu(pre.to(at::kFloat) + b_enc.to(at::kFloat));  // [N, F]
+  if (mask_in.defined()) acts = acts * mask_in.to(at::kFloat).unsqueeze(0);  // outside the mask: 0
   at::Tensor kth = std::get<0>(acts.topk(k, 1, true, false)).amin(1, true);  // [N, 1] k-th largest
   at::Tensor gt = acts > kth, eq = acts == kth;
   at::Tensor room = k - gt.sum(1, true);                                   // [N, 1] ties still to take
@@ -147,7 +158,8 @@ at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& l
                                   const at::Tensor& W, const at::Tensor& b_dec, const at::Tensor& x) {
   const int64_t N = x.size(0), d = x.size(1), P = latents.numel();
   at::Tensor tok = csr_rows(row_ptr, P);
-  at::Tensor xhat = b_dec.to(at::kFloat).unsqueeze(0).repeat({N, 1});  // [N, d]
+  at::Tensor xhat = b_dec.defined() ? b_dec.to(at::kFloat).unsqueeze(0).repeat({N, 1})  // [N, d]
+                                    : at::zeros({N, d}, x.options().dtype(at::kFloat));
   const int64_t chunk = pair_chunk(d);
   for (int64_t s = 0; s < P; s += chunk) {
     const int64_t n = std::min(chunk, P - s);
@@ -163,13 +175,38 @@ at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& l
 
 namespace ref {
 
-Grads gradients(const Params& p, const at::Tensor& x_in, const StepConfig& c, StepStats* stats) {
+// d loss / d val for each pair (tok, lat) with gradient rows G (= coef * residual): G[tok] . W[lat]; and the
+// gradients of W_dec (sum val * G[tok] per latent) and W_enc / b_enc (gpre = gval [val > 0]; xc[tok]).
+void accumulate_pairs(const at::Tensor& lat, const at::Tensor& tok, const at::Tensor& val, const at::Tensor& G,
+                      const at::Tensor& xcf, const Params& p, Grads& g) {
+  const int64_t P = lat.numel(), d = p.d_in();
+  const int64_t chunk = pair_chunk(d);
+  at::Tensor gval = at::empty({P}, G.options());
+  for (int64_t s0 = 0; s0 < P; s0 += chunk) {
+    const int64_t n = std::min(chunk, P - s0);
+    at::Tensor l = lat.narrow(0, s0, n), t = tok.narrow(0, s0, n), v = val.narrow(0, s0, n);
+    at::Tensor gr = G.index_select(0, t);                                        // [n, d]
+    gval.narrow(0, s0, n).copy_((gr * p.W_dec.index_select(0, l)).sum(1));
+    g.W_dec.index_add_(0, l, gr * v.unsqueeze(1));
+  }
+  at::Tensor gpre = gval * (val > 0).to(at::kFloat);  // relu'(pre) = [val > 0]
+  g.b_enc.index_add_(0, lat, gpre);
+  for (int64_t s0 = 0; s0 < P; s0 += chunk) {
+    const int64_t n = std::min(chunk, P - s0);
+    g.W_enc.index_add_(0, lat.narrow(0, s0, n),
+                       xcf.index_select(0, tok.narrow(0, s0, n)) * gpre.narrow(0, s0, n).unsqueeze(1));
+  }
+}
+
+Grads gradients(const Params& p, const at::Tensor& x_in, const StepConfig& c, const at::Tensor& dead,
+                StepStats* stats) {
   at::NoGradGuard no_grad;
   const int64_t N = x_in.size(0), d = p.d_in();
   const auto cdt = c.compute_dtype;
   at::Tensor x = x_in.to(at::kFloat);                              // [N, d]
   at::Tensor xc = (x - p.b_dec).to(cdt);                           // [N, d] as the encoder GEMM sees it
   at::Tensor pre = at::mm(xc, p.W_enc.to(cdt).t());                // [N, F] compute dtype
+  at::Tensor Wd = p.W_dec.to(cdt);
 
   StepStats st;
   if (c.selection == Selection::TopK) {
@@ -179,48 +216,52 @@ Grads gradients(const Params& p, const at::Tensor& x_in, const StepConfig& c, St
     st.row_ptr = at::arange(0, (N + 1) * c.k, c.k, x.options().dtype(at::kLong));
   } else {
     std::tie(st.row_ptr, st.latents, st.values) = batch_topk(pre, p.b_enc, c.k);
-    st.threshold = st.values.min();
   }
-  pre = at::Tensor();
-  const int64_t P = st.latents.numel();
-  at::Tensor tok = csr_rows(st.row_ptr, P);                        // [P]
+  st.kept_min = at::where(st.values > 0, st.values, at::full_like(st.values, INFINITY)).min();
+  at::Tensor tok = csr_rows(st.row_ptr, st.latents.numel());      // [P]
 
-  at::Tensor e = sparse_decode_residual(st.row_ptr, st.latents, st.values, p.W_dec.to(cdt), p.b_dec, x);  // [N, d]
+  at::Tensor e = sparse_decode_residual(st.row_ptr, st.latents, st.values, Wd, p.b_dec, x);  // x_hat - x
+  st.residual = e;
   st.sq_err = e.pow(2).sum();
+  st.mse = st.sq_err / double(N);
   at::Tensor total_var = (x - x.mean(0, true)).pow(2).sum();
   at::Tensor denom = c.loss_norm == LossNorm::FVU          ? total_var
                      : c.loss_norm == LossNorm::MeanSquare ? at::scalar_tensor(double(N * d), x.options())
                                                            : at::scalar_tensor(double(N), x.options());
-  st.loss = st.sq_err / denom;
   st.fvu = st.sq_err / total_var;
-  at::Tensor coef = 2.0 / denom;  // d loss / d x_hat = coef * e
+  at::Tensor coef = 2.0 / denom;  // d main / d x_hat = coef * e
+  st.loss = st.sq_err / denom;
+  st.aux = at::zeros({}, x.options());
 
-  // Only the selected latents' rows get gradients.
   Grads g{at::zeros_like(p.W_enc), at::zeros_like(p.b_enc), at::zeros_like(p.W_dec), {}};
-  at::Tensor gval = at::empty({P}, x.options());  // d loss / d val per selection
   at::Tensor xcf = xc.to(at::kFloat);
-  const int64_t chunk = pair_chunk(d);
-  for (int64_t s0 = 0; s0 < P; s0 += chunk) {
-    const int64_t n = std::min(chunk, P - s0);
-    at::Tensor lat = st.latents.narrow(0, s0, n), tk = tok.narrow(0, s0, n), val = st.values.narrow(0, s0, n);
-    at::Tensor er = e.index_select(0, tk);                                            // [n, d]
-    gval.narrow(0, s0, n).copy_((er * p.W_dec.index_select(0, lat)).sum(1) * coef);
-    g.W_dec.index_add_(0, lat, er * val.unsqueeze(1));
+  accumulate_pairs(st.latents, tok, st.values, e * coef, xcf, p, g);
+
+  if (c.auxk_coef > 0 && dead.defined()) {
+    // AuxK: the dead latents' top k_aux reconstruct r = x - x_hat (no gradient through r).
+    auto [alat, aval] = topk_rows(pre, p.b_enc, std::min(c.k_aux, p.d_sae()), dead);  // [N, ka]
+    const int64_t ka = alat.size(1);
+    at::Tensor arow_ptr = at::arange(0, (N + 1) * ka, ka, x.options().dtype(at::kLong));
+    at::Tensor r = -e;
+    at::Tensor q = sparse_decode_residual(arow_ptr, alat.flatten(), aval.flatten(), Wd, at::Tensor(), r);  // e_hat - r
+    at::Tensor num = q.pow(2).sum() / double(N);
+    at::Tensor den = (r - r.mean(0, true)).pow(2).sum() / double(N);
+    at::Tensor ratio = num / den;
+    at::Tensor valid = at::isfinite(ratio).logical_and(dead.any());
+    st.aux = at::where(valid, ratio, at::zeros_like(ratio));
+    st.loss = st.loss + c.auxk_coef * st.aux;
+    at::Tensor acoef = at::where(valid, c.auxk_coef * 2.0 / (double(N) * den), at::zeros_like(den));
+    at::Tensor atok = at::arange(N, tok.options()).repeat_interleave(ka);
+    accumulate_pairs(alat.flatten(), atok, aval.flatten(), q * acoef, xcf, p, g);
   }
-  g.W_dec.mul_(coef);
-  at::Tensor gpre = gval * (st.values > 0).to(at::kFloat);  // relu'(pre) = [val > 0]
-  g.b_enc.index_add_(0, st.latents, gpre);
-  for (int64_t s0 = 0; s0 < P; s0 += chunk) {
-    const int64_t n = std::min(chunk, P - s0);
-    g.W_enc.index_add_(0, st.latents.narrow(0, s0, n),
-                       xcf.index_select(0, tok.narrow(0, s0, n)) * gpre.narrow(0, s0, n).unsqueeze(1));
-  }
+  pre = at::Tensor();
   // b_dec: the decoder bias, and the -b_dec inside the encoder's input.
   g.b_dec = e.sum(0) * coef - at::mv(p.W_enc.t(), g.b_enc);
 
-  at::Tensor fired = (st.values > 0).to(at::kInt);
+  at::Tensor fired = (st.values > c.fire_threshold).to(at::kInt);
   st.fire_count = at::zeros({p.d_sae()}, x.options().dtype(at::kInt)).index_add_(0, st.latents, fired);
   st.l0 = fired.sum().to(at::kFloat) / double(N);
+  st.l1 = st.values.abs().sum();
   if (stats) *stats = st;
   return g;
 }
@@ -229,23 +270,36 @@ Grads gradients(const Params& p, const at::Tensor& x_in, const StepConfig& c, St
 
 StepStats reference_step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tensor& x,
                          const StepConfig& c) {
-  detail::check_step_inputs(p, s, since_fired, x, c, "sae_step::reference_step");
+  detail::check_step_inputs(p, s, since_fired, x, c, "sae_kernels::reference_step");
   at::NoGradGuard no_grad;
+  at::Tensor dead;
+  if (c.auxk_coef > 0) dead = since_fired >= c.dead_tokens;
   StepStats st;
-  Grads g = ref::gradients(p, x, c, &st);
-  if (c.remove_parallel_grad) g.W_dec.sub_((g.W_dec * p.W_dec).sum(1, true) * p.W_dec);
+  Grads g = ref::gradients(p, x, c, dead, &st);
+  if (c.remove_parallel_grad) {
+    at::Tensor w = p.W_dec / p.W_dec.norm(2, {1}, true).clamp_min(1e-12);
+    g.W_dec.sub_((g.W_dec * w).sum(1, true) * w);
+  }
+  st.grad_norm =
+      (g.W_enc.pow(2).sum() + g.b_enc.pow(2).sum() + g.W_dec.pow(2).sum() + g.b_dec.pow(2).sum()).sqrt();
+  at::Tensor gate = at::isfinite(st.loss);
+  if (c.allow_update.defined()) gate = gate.logical_and(c.allow_update.to(at::kBool).reshape({}));
+  st.clipped = at::zeros({}, x.options().dtype(at::kFloat));
   if (c.max_grad_norm > 0) {
-    st.grad_norm =
-        (g.W_enc.pow(2).sum() + g.b_enc.pow(2).sum() + g.W_dec.pow(2).sum() + g.b_dec.pow(2).sum()).sqrt();
+    gate = gate.logical_and(at::isfinite(st.grad_norm));
     at::Tensor clip = (c.max_grad_norm / (st.grad_norm + 1e-6)).clamp_max(1.0);
+    st.clipped = (clip < 1).to(at::kFloat);
     for (at::Tensor* t : {&g.W_enc, &g.b_enc, &g.W_dec, &g.b_dec}) t->mul_(clip);
   }
-  adamw(p.W_enc, g.W_enc, s.W_enc_m, s.W_enc_v, c);
-  adamw(p.b_enc, g.b_enc, s.b_enc_m, s.b_enc_v, c);
-  adamw(p.W_dec, g.W_dec, s.W_dec_m, s.W_dec_v, c);
-  adamw(p.b_dec, g.b_dec, s.b_dec_m, s.b_dec_v, c);
-  if (c.normalize_decoder) p.W_dec.div_(p.W_dec.norm(2, {1}, true) + FLT_EPSILON);
-  since_fired.add_(x.size(0)).masked_fill_(st.fire_count > 0, 0);
+  adamw(p.W_enc, g.W_enc, s.W_enc_m, s.W_enc_v, c, true, gate);
+  adamw(p.b_enc, g.b_enc, s.b_enc_m, s.b_enc_v, c, false, gate);
+  adamw(p.W_dec, g.W_dec, s.W_dec_m, s.W_dec_v, c, true, gate);
+  adamw(p.b_dec, g.b_dec, s.b_dec_m, s.b_dec_v, c, false, gate);
+  if (c.normalize_decoder)
+    p.W_dec.copy_(at::where(gate, p.W_dec / p.W_dec.norm(2, {1}, true).clamp_min(1e-12), p.W_dec));
+  st.ok = gate.logical_and(at::isfinite(st.grad_norm));
+  at::Tensor tsf = at::where(st.fire_count > 0, at::zeros_like(since_fired), since_fired + x.size(0));
+  since_fired.copy_(at::where(st.ok, tsf, since_fired));
   return st;
 }
 
@@ -266,8 +320,10 @@ std::string cuda_unsupported_reason(const Params& p, const at::Tensor& x, const 
   const int64_t F = p.d_sae(), d = p.d_in(), N = x.size(0);
   if (d % 8 != 0 || d > 16384) return "d_in = " + std::to_string(d) + " (kernels: a multiple of 8, at most 16384)";
   if (F % 8 != 0) return "d_sae = " + std::to_string(F) + " (kernels: a multiple of 8)";
-  if (c.k > 1024 && c.selection == Selection::TopK) return "k = " + std::to_string(c.k) + " (TopK kernel: k <= 1024)";
-  if (N * c.k >= (int64_t(1) << 31) || N * F >= (int64_t(1) << 31) * 8)
+  if (c.k > 8192 && c.selection == Selection::TopK) return "k = " + std::to_string(c.k) + " (TopK kernel: k <= 8192)";
+  if (c.auxk_coef > 0 && std::min(c.k_aux, F) > 8192) return "k_aux = " + std::to_string(c.k_aux) + " (kernel: <= 8192)";
+  if (c.auxk_coef > 0 && c.k_aux < 1) return "auxk_coef > 0 with k_aux = " + std::to_string(c.k_aux);
+  if (N * (c.k + (c.auxk_coef > 0 ? std::min(c.k_aux, F) : 0)) >= (int64_t(1) << 31) || 2 * N >= (int64_t(1) << 31))
     return "batch too large for 32-bit pair indices";
   if (c.selection == Selection::BatchTopK && N * F >= (int64_t(1) << 31))
     return "BatchTopK over more than 2^31 activations";
@@ -294,16 +350,24 @@ StepStats Stepper::step(Params& p, AdamState& opt, at::Tensor& since_fired, cons
   if (use == Backend::Auto) use = cuda_unsupported_reason(p, x, cfg).empty() ? Backend::Cuda : Backend::Reference;
   if (use == Backend::Cuda) {
     const std::string why = cuda_unsupported_reason(p, x, cfg);
-    MLXTERP_CHECK(why.empty(), "sae_step: the CUDA backend was requested but cannot run: ", why);
+    MLXTERP_CHECK(why.empty(), "sae_kernels: the CUDA backend was requested but cannot run: ", why);
 #ifdef MLXTERP_HAVE_CUDA_KERNELS
+    // The copies are stale if p changed since the last step: another tensor, or an in-place libtorch op on it
+    // (the kernels write through raw pointers, which leaves the version counters alone).
     const bool stale = !shadows_valid_ || !W_enc_bf16_.defined() || W_enc_bf16_.sizes() != p.W_enc.sizes() ||
-                       W_enc_bf16_.device() != p.W_enc.device();
+                       W_enc_bf16_.device() != p.W_enc.device() || seen_ptr_[0] != p.W_enc.data_ptr() ||
+                       seen_ptr_[1] != p.W_dec.data_ptr() || seen_version_[0] != p.W_enc._version() ||
+                       seen_version_[1] != p.W_dec._version();
     if (stale) {
       W_enc_bf16_ = p.W_enc.to(at::kBFloat16).contiguous();
       W_dec_bf16_ = p.W_dec.to(at::kBFloat16).contiguous();
     }
     StepStats st = cuda::step(p, opt, since_fired, x, cfg, W_enc_bf16_, W_dec_bf16_);
     shadows_valid_ = true;
+    seen_ptr_[0] = p.W_enc.data_ptr();
+    seen_ptr_[1] = p.W_dec.data_ptr();
+    seen_version_[0] = p.W_enc._version();
+    seen_version_[1] = p.W_dec._version();
     last_ = Backend::Cuda;
     return st;
 #endif
@@ -313,11 +377,11 @@ StepStats Stepper::step(Params& p, AdamState& opt, at::Tensor& since_fired, cons
   return reference_step(p, opt, since_fired, x, cfg);
 }
 
-// ---- device helpers: CPU side (the CUDA build defines them in sae_step_cuda.cpp) ---------------------------
+// ---- device helpers: CPU side (the CUDA build defines them in sae_kernels_cuda.cpp) ---------------------------
 
 #ifndef MLXTERP_HAVE_CUDA_KERNELS
 DeviceInfo device_info(at::Device device) {
-  MLXTERP_CHECK(!device.is_cuda(), "sae_step: device ", device.str(),
+  MLXTERP_CHECK(!device.is_cuda(), "sae_kernels: device ", device.str(),
                 " needs the CUDA build (configure with -DMLXTERP_CUDA=ON)");
   return {"cpu", 0, 0};
 }
@@ -328,4 +392,4 @@ int64_t allocated_memory_bytes(at::Device) { return -1; }
 void empty_cache(at::Device) {}
 #endif
 
-}  // namespace mlxterp::sae_step
+}  // namespace mlxterp::sae_kernels

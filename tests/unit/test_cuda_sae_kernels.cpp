@@ -4,10 +4,10 @@
 
 #include "common.hpp"
 #include "mlxterp/error.hpp"
-#include "mlxterp/sae_step.hpp"
+#include "mlxterp/sae_kernels.hpp"
 
 using namespace mlxterp;
-using namespace mlxterp::sae_step;
+using namespace mlxterp::sae_kernels;
 using namespace mlxterp::test;
 
 namespace {
@@ -24,13 +24,13 @@ double rel_err(const at::Tensor& got, const at::Tensor& want) {
 
 // ---- the reference (runs everywhere) ----------------------------------------------------------------------
 
-TEST(SaeStepReference, MatchesPyTorchGolden) {
-  auto golden = nlohmann::json::parse(read_file(golden_path("sae_step/steps.json")));
+TEST(SaeKernelsReference, MatchesPyTorchGolden) {
+  auto golden = nlohmann::json::parse(read_file(golden_path("sae_kernels/steps.json")));
   for (const auto& c : golden["cases"]) {
     SCOPED_TRACE(c["name"].get<std::string>());
     Params p{f32(c["init"]["W_enc"]), f32(c["init"]["b_enc"]), f32(c["init"]["W_dec"]), f32(c["init"]["b_dec"])};
     AdamState s = AdamState::zeros_like(p);
-    at::Tensor since = at::zeros({p.d_sae()}, at::kLong);
+    at::Tensor since = json_to_tensor(c["since_fired_init"]).to(at::kLong);
     at::Tensor x = f32(c["x"]);
     StepConfig cfg;
     cfg.k = c["k"];
@@ -44,13 +44,17 @@ TEST(SaeStepReference, MatchesPyTorchGolden) {
     cfg.max_grad_norm = c["max_grad_norm"];
     cfg.remove_parallel_grad = c["remove_parallel_grad"];
     cfg.normalize_decoder = c["normalize_decoder"];
+    cfg.auxk_coef = c["auxk_coef"];
+    cfg.k_aux = c["k_aux"];
+    cfg.dead_tokens = c["dead_tokens"];
     const auto losses = c["losses"].get<std::vector<double>>();
     for (size_t t = 0; t < losses.size(); ++t) {
       cfg.step = int64_t(t) + 1;
       StepStats st = reference_step(p, s, since, x, cfg);
       EXPECT_NEAR(st.loss.item<double>(), losses[t], 1e-5 * std::abs(losses[t])) << "step " << t + 1;
       EXPECT_EQ(st.latents.numel(), x.size(0) * cfg.k);
-      if (cfg.max_grad_norm > 0) EXPECT_TRUE(st.grad_norm.defined());
+      EXPECT_TRUE(st.ok.item<bool>());
+      if (cfg.auxk_coef > 0) EXPECT_GT(st.aux.item<double>(), 0) << "AuxK had dead latents to use";
     }
     EXPECT_LT(max_abs_diff(p.W_enc, f32(c["final"]["W_enc"])), 2e-5);
     EXPECT_LT(max_abs_diff(p.b_enc, f32(c["final"]["b_enc"])), 2e-5);
@@ -60,7 +64,7 @@ TEST(SaeStepReference, MatchesPyTorchGolden) {
   }
 }
 
-TEST(SaeStepReference, TopkTiesGoToTheLowerLatentAndZerosFillUp) {
+TEST(SaeKernelsReference, TopkTiesGoToTheLowerLatentAndZerosFillUp) {
   at::Tensor b = at::zeros({6});
   // Row 0: four equal maxima -> latents 0 and 1. Row 1: one positive value -> it, then the lowest zeros.
   at::Tensor pre = at::tensor({1.f, 1.f, 1.f, 1.f, 0.f, -2.f, -1.f, -1.f, -1.f, 3.f, -1.f, -1.f}).view({2, 6});
@@ -74,7 +78,7 @@ TEST(SaeStepReference, TopkTiesGoToTheLowerLatentAndZerosFillUp) {
   EXPECT_TRUE(at::equal(bval, at::tensor({1.f, 1.f, 1.f, 3.f})));
 }
 
-TEST(SaeStepReference, SparseDecodeIsTheDenseProduct) {
+TEST(SaeKernelsReference, SparseDecodeIsTheDenseProduct) {
   at::manual_seed(3);
   at::Tensor W = at::randn({10, 6}), b = at::randn({6}), x = at::randn({3, 6});
   at::Tensor row_ptr = at::tensor({0L, 2L, 2L, 5L});  // a token with no selections
@@ -89,7 +93,7 @@ TEST(SaeStepReference, SparseDecodeIsTheDenseProduct) {
   EXPECT_LT(max_abs_diff(ref::sparse_decode_residual(row_ptr, lat, val, W, b, x), want), 1e-5);
 }
 
-TEST(SaeStepReference, RejectsMismatchedInputs) {
+TEST(SaeKernelsReference, RejectsMismatchedInputs) {
   Params p = Params::init(8, 16, at::kCPU, 0);
   AdamState s = AdamState::zeros_like(p);
   at::Tensor since = at::zeros({16}, at::kLong);
@@ -108,7 +112,7 @@ TEST(SaeStepReference, RejectsMismatchedInputs) {
   EXPECT_THROW(reference_step(p, s, bad_since, at::randn({5, 8}), cfg), Error);
 }
 
-TEST(SaeStepReference, StepperUsesTheReferenceOffTheGpu) {
+TEST(SaeKernelsReference, StepperUsesTheReferenceOffTheGpu) {
   Params p = Params::init(8, 16, at::kCPU, 0);
   AdamState s = AdamState::zeros_like(p);
   at::Tensor since = at::zeros({16}, at::kLong);
@@ -127,7 +131,7 @@ TEST(SaeStepReference, StepperUsesTheReferenceOffTheGpu) {
 #ifdef MLXTERP_HAVE_CUDA_KERNELS
 #define MLXTERP_REQUIRE_CUDA_KERNELS() \
   do {                                 \
-    if (!::mlxterp::sae_step::cuda_kernels_available())                                         \
+    if (!::mlxterp::sae_kernels::cuda_kernels_available())                                         \
       GTEST_SKIP() << "the CUDA kernels are built in, but no GPU is visible";                    \
   } while (0)
 #else
@@ -256,16 +260,30 @@ struct StepCase {
   LossNorm loss_norm;
   double max_grad_norm;
   bool x_bf16, remove_parallel, normalize;
+  double auxk_coef = 0;
+  int64_t k_aux = 0;
+  double dead_frac = 0;       // latents that start dead (since_fired = dead_tokens)
+  double fire_threshold = 0;
 };
+
+constexpr int64_t kDeadTokens = 5000;
 
 const StepCase kStepCases[] = {
     {"topk_fvu", 512, 256, 2048, 16, Selection::TopK, LossNorm::FVU, 0, false, true, true},
     {"topk_clip_bf16_input", 384, 512, 4096, 32, Selection::TopK, LossNorm::MeanSquare, 0.05, true, true, true},
-    {"topk_d2048", 256, 2048, 1024, 64, Selection::TopK, LossNorm::FVU, 0, false, true, true},
+    {"topk_d2048", 256, 2048, 1024, 64, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true},
     {"topk_d12288_wide_rows", 64, 12288, 256, 8, Selection::TopK, LossNorm::FVU, 0, false, true, true},
     {"batch_topk", 256, 256, 2048, 16, Selection::BatchTopK, LossNorm::FVU, 0, false, true, true},
     {"batch_topk_clip_plain", 256, 128, 1024, 8, Selection::BatchTopK, LossNorm::SumPerToken, 0.5, false, false,
      false},
+    {"topk_auxk_clip", 256, 256, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 1.0, false, true, true, 1.0 / 32,
+     128, 0.3, 0.05},
+    {"topk_auxk_big_k_aux", 128, 256, 4096, 32, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true, 0.5,
+     2048, 0.6},
+    {"batch_topk_auxk", 256, 256, 2048, 16, Selection::BatchTopK, LossNorm::SumPerToken, 0, true, true, true, 1.0 / 32,
+     64, 0.1},
+    {"topk_auxk_nothing_dead", 256, 256, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true,
+     1.0 / 32, 128, 0.0},
 };
 
 }  // namespace
@@ -286,6 +304,7 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
     for (at::Tensor* m : {&s.W_enc_m, &s.b_enc_m, &s.W_dec_m, &s.b_dec_m}) *m = at::randn_like(*m) * 1e-3;
     for (at::Tensor* v : {&s.W_enc_v, &s.b_enc_v, &s.W_dec_v, &s.b_dec_v}) *v = at::rand_like(*v) * 1e-5 + 1e-7;
     at::Tensor since = at::randint(0, 1000, {c.f}, o.dtype(at::kLong));
+    since.narrow(0, 0, int64_t(c.dead_frac * c.f)).fill_(kDeadTokens);
     Params pc = p.clone(), pr = p.clone();
     AdamState sc = s.clone(), sr = s.clone();
     at::Tensor since_c = since.clone(), since_r = since.clone();
@@ -298,6 +317,10 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
     cfg.max_grad_norm = c.max_grad_norm;
     cfg.remove_parallel_grad = c.remove_parallel;
     cfg.normalize_decoder = c.normalize;
+    cfg.auxk_coef = c.auxk_coef;
+    cfg.k_aux = c.k_aux;
+    cfg.dead_tokens = kDeadTokens;
+    cfg.fire_threshold = c.fire_threshold;
     Stepper stepper(Backend::Cuda);
     for (int t = 0; t < 3; ++t) {
       SCOPED_TRACE("step " + std::to_string(t + 1));
@@ -317,13 +340,20 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
         EXPECT_TRUE(at::equal(a.values.cpu(), r.values.cpu()));
         EXPECT_TRUE(at::equal(a.fire_count.cpu(), r.fire_count.cpu()));
         EXPECT_TRUE(at::equal(since_c.cpu(), since_r.cpu()));
-        if (c.selection == Selection::BatchTopK) EXPECT_EQ(a.threshold.item<float>(), r.threshold.item<float>());
+        EXPECT_EQ(a.kept_min.item<float>(), r.kept_min.item<float>());
+        EXPECT_EQ(a.clipped.item<float>(), r.clipped.item<float>());
+        if (c.auxk_coef > 0) {
+          EXPECT_LT(std::abs(a.aux.item<double>() - r.aux.item<double>()), 1e-3 * std::abs(r.aux.item<double>()) + 1e-9);
+          EXPECT_EQ(a.aux.item<double>() > 0, c.dead_frac > 0) << "AuxK active exactly when latents are dead";
+        }
       } else {
         EXPECT_GT(agree, 0.99);  // weights now differ by bf16-level rounding: near-ties may flip
       }
       EXPECT_LT(std::abs(a.loss.item<double>() / r.loss.item<double>() - 1), 1e-3);
       EXPECT_LT(std::abs(a.l0.item<double>() - r.l0.item<double>()), 0.05 * c.k);
-      if (c.max_grad_norm > 0) EXPECT_LT(std::abs(a.grad_norm.item<double>() / r.grad_norm.item<double>() - 1), 1e-2);
+      EXPECT_LT(std::abs(a.grad_norm.item<double>() / r.grad_norm.item<double>() - 1), 1e-2);
+      EXPECT_TRUE(a.ok.item<bool>());
+      EXPECT_LT(rel_err(a.residual, r.residual), 1e-2);
       // The update of every tensor (after - before) agrees to bf16-gradient accuracy.
       struct Pair {
         const char* name;
@@ -345,6 +375,32 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
       }
     }
   }
+#endif
+}
+
+TEST(CudaSaeStep, AllowUpdateFalseChangesNothing) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  auto o = at::TensorOptions().device(kGpu);
+  Params p = Params::init(128, 1024, kGpu, 5);
+  AdamState s = AdamState::zeros_like(p);
+  at::Tensor since = at::zeros({1024}, o.dtype(at::kLong));
+  StepConfig cfg;
+  cfg.k = 8;
+  cfg.allow_update = at::zeros({}, o.dtype(at::kBool));
+  Params before = p.clone();
+  Stepper stepper(Backend::Cuda);
+  StepStats st = stepper.step(p, s, since, at::randn({64, 128}, o), cfg);
+  EXPECT_FALSE(st.ok.item<bool>());
+  EXPECT_TRUE(at::equal(p.W_enc, before.W_enc) && at::equal(p.W_dec, before.W_dec) &&
+              at::equal(p.b_enc, before.b_enc) && at::equal(p.b_dec, before.b_dec));
+  EXPECT_EQ(s.W_dec_m.abs().max().item<float>(), 0.f);
+  EXPECT_EQ(since.abs().max().item<int64_t>(), 0);  // counters advance only with an update
+  EXPECT_TRUE(at::isfinite(st.loss).item<bool>());
+  // The next step (updates allowed) starts from copies that still match the weights.
+  cfg.allow_update = at::Tensor();
+  stepper.step(p, s, since, at::randn({64, 128}, o), cfg);
+  EXPECT_TRUE(at::equal(stepper.W_enc_bf16(), p.W_enc.to(at::kBFloat16)));
 #endif
 }
 

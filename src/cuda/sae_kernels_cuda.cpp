@@ -17,19 +17,19 @@
 #endif
 
 #include "cuda/kernels.h"
-#include "cuda/sae_step_internal.hpp"
+#include "cuda/sae_kernels_internal.hpp"
 #include "mlxterp/error.hpp"
-#include "mlxterp/sae_step.hpp"
+#include "mlxterp/sae_kernels.hpp"
 #include "mlxterp/util.hpp"
 
-namespace mlxterp::sae_step {
+namespace mlxterp::sae_kernels {
 
 namespace K = mlxterp::cuda_kernels;
 
 #define MLXTERP_CUDA_OK(expr)                                                                          \
   do {                                                                                                 \
     const cudaError_t err_ = (expr);                                                                   \
-    MLXTERP_CHECK(err_ == cudaSuccess, "sae_step (CUDA): ", #expr, " failed: ", cudaGetErrorString(err_)); \
+    MLXTERP_CHECK(err_ == cudaSuccess, "sae_kernels (CUDA): ", #expr, " failed: ", cudaGetErrorString(err_)); \
   } while (0)
 
 namespace {
@@ -58,10 +58,11 @@ void check_selection_input(const at::Tensor& pre, const at::Tensor& b_enc, int64
   MLXTERP_CHECK(k >= 1 && k <= pre.size(1), where, ": k must be in [1, ", pre.size(1), "]; got ", k);
 }
 
-K::AdamArgs adam_args(const StepConfig& c) {
+// Adam's constants for this step; decay = false for the biases (no weight decay).
+K::AdamArgs adam_args(const StepConfig& c, bool decay) {
   const double bc1 = 1 - std::pow(c.beta1, double(c.step)), bc2 = 1 - std::pow(c.beta2, double(c.step));
-  return {float(c.beta1), float(c.beta2), float(c.eps), float(1 - c.lr * c.weight_decay), float(c.lr / bc1),
-          float(1 / std::sqrt(bc2))};
+  return {float(c.beta1), float(c.beta2), float(c.eps), decay ? float(1 - c.lr * c.weight_decay) : 1.f,
+          float(c.lr / bc1), float(1 / std::sqrt(bc2))};
 }
 
 const uint64_t* u64_ptr(const at::Tensor& t) { return reinterpret_cast<const uint64_t*>(t.data_ptr<int64_t>()); }
@@ -109,9 +110,15 @@ Selected select_batch_topk(const at::Tensor& pre, const at::Tensor& b_enc, int64
 
 namespace cuda {
 
-std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k) {
-  const char* where = "sae_step::cuda::topk_rows";
+std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k,
+                                            const at::Tensor& mask) {
+  const char* where = "sae_kernels::cuda::topk_rows";
   check_selection_input(pre, b_enc, k, where);
+  at::Tensor mask8;
+  if (mask.defined()) {
+    MLXTERP_CHECK(mask.numel() == pre.size(1), where, ": mask must be [", pre.size(1), "]");
+    mask8 = mask.to(at::kByte).contiguous();
+  }
   MLXTERP_CHECK(k <= K::kTopkMaxK, where, ": k = ", k, " exceeds the kernel's limit ", K::kTopkMaxK);
   MLXTERP_DEVICE_GUARD(pre.device());
   const int64_t N = pre.size(0);
@@ -121,12 +128,12 @@ std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Ten
   at::Tensor val = at::full({N, k}, -1.0, pre.options().dtype(at::kFloat));
   MLXTERP_CUDA_OK(K::topk_rows(pre.data_ptr(), pre.stride(0), b_enc.data_ptr<float>(), int(N), int(pre.size(1)),
                                int(k), 0, lat.data_ptr<int>(), val.data_ptr<float>(), tok.data_ptr<int>(),
-                               current_stream()));
+                               current_stream(), mask8.defined() ? mask8.data_ptr<uint8_t>() : nullptr));
   return {lat.to(at::kLong), val};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_topk(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k) {
-  const char* where = "sae_step::cuda::batch_topk";
+  const char* where = "sae_kernels::cuda::batch_topk";
   check_selection_input(pre, b_enc, k, where);
   MLXTERP_CHECK(pre.size(0) * pre.size(1) < (int64_t(1) << 31), where, ": more than 2^31 activations");
   MLXTERP_DEVICE_GUARD(pre.device());
@@ -136,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_topk(const at::Tensor& pre,
 
 at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& latents, const at::Tensor& values,
                                   const at::Tensor& W, const at::Tensor& b_dec, const at::Tensor& x) {
-  const char* where = "sae_step::cuda::sparse_decode_residual";
+  const char* where = "sae_kernels::cuda::sparse_decode_residual";
   check_cuda_tensor(W, at::kBFloat16, "W", where);
   check_cuda_tensor(b_dec, at::kFloat, "b_dec", where);
   check_cuda_tensor(row_ptr, at::kLong, "row_ptr", where);
@@ -161,7 +168,7 @@ at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& l
 
 StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tensor& x_in, const StepConfig& c,
                at::Tensor& W_enc16, at::Tensor& W_dec16) {
-  const char* where = "sae_step::cuda::step";
+  const char* where = "sae_kernels::cuda::step";
   detail::check_step_inputs(p, s, since_fired, x_in, c, where);
   const std::string why = cuda_unsupported_reason(p, x_in, c);
   MLXTERP_CHECK(why.empty(), where, ": ", why);
@@ -177,6 +184,8 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
   cudaStream_t stream = current_stream();
   at::NoGradGuard no_grad;
   const int64_t N = x_in.size(0), d = p.d_in(), F = p.d_sae(), k = c.k;
+  const bool aux_on = c.auxk_coef > 0;
+  const int64_t ka = aux_on ? std::min(c.k_aux, F) : 0;
   auto f32 = x_in.options().dtype(at::kFloat), i32 = x_in.options().dtype(at::kInt);
   auto i64 = x_in.options().dtype(at::kLong), bf16 = x_in.options().dtype(at::kBFloat16);
 
@@ -188,11 +197,30 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
   at::Tensor denom = c.loss_norm == LossNorm::FVU          ? total_var
                      : c.loss_norm == LossNorm::MeanSquare ? at::scalar_tensor(double(N * d), f32)
                                                            : at::scalar_tensor(double(N), f32);
-  at::Tensor coef = (2.0 / denom).contiguous();  // d loss / d x_hat = coef * e
+  xf = at::Tensor();  // not needed past this point (peak memory)
+  // AuxK's dead latents, from the counters before this step.
+  at::Tensor dead8, any_dead;
+  if (aux_on) {
+    at::Tensor dead = since_fired >= c.dead_tokens;
+    dead8 = dead.to(at::kByte).contiguous();
+    any_dead = dead.any().to(at::kInt).reshape({1}).contiguous();
+  }
 
   // 1. Encoder GEMM (cuBLAS, bf16 in/out, fp32 accumulation) and selection.
   Selected sel;
+  at::Tensor alat, aval, atok;  // AuxK selections [N * ka]
   StepStats st;
+  if (aux_on) {
+    alat = at::empty({N * ka}, i32);
+    aval = at::empty({N * ka}, f32);
+    atok = at::empty({N * ka}, i32);
+  }
+  auto select_aux = [&](const at::Tensor& pre, int64_t r0, int64_t rows) {
+    if (!aux_on) return;
+    MLXTERP_CUDA_OK(K::topk_rows(pre.data_ptr(), pre.stride(0), p.b_enc.data_ptr<float>(), int(rows), int(F),
+                                 int(ka), int(r0), alat.data_ptr<int>(), aval.data_ptr<float>(), atok.data_ptr<int>(),
+                                 stream, dead8.data_ptr<uint8_t>(), any_dead.data_ptr<int>()));
+  };
   if (c.selection == Selection::TopK) {
     const int64_t P = N * k;
     sel.lat32 = at::empty({P}, i32);
@@ -206,84 +234,125 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
       MLXTERP_CUDA_OK(K::topk_rows(pre.data_ptr(), pre.stride(0), p.b_enc.data_ptr<float>(), int(rows), int(F),
                                    int(k), int(r0), sel.lat32.data_ptr<int>(), sel.values.data_ptr<float>(),
                                    sel.tok32.data_ptr<int>(), stream));
+      select_aux(pre, r0, rows);
     }
     sel.row_ptr = at::arange(0, (N + 1) * k, k, i64);
   } else {
     at::Tensor pre = at::mm(xc16, W_enc16.t());  // [N, F] bf16: the threshold is over the whole batch
     sel = select_batch_topk(pre, p.b_enc, k, stream);
-    st.threshold = sel.threshold;
+    select_aux(pre, 0, N);
   }
-  const int64_t P = sel.lat32.numel();
+  const int64_t P = sel.lat32.numel(), PA = N * ka;
+  st.kept_min = at::where(sel.values > 0, sel.values, at::full_like(sel.values, INFINITY)).min();
 
-  // 2. Sparse decoder: e = x_hat - x.
-  at::Tensor e32 = at::empty({N, d}, f32), e16 = at::empty({N, d}, bf16), err2 = at::empty({N}, f32);
+  // 2. Sparse decoder: e = x_hat - x, into the first N rows of the gradient-row matrix G16.
+  at::Tensor e32 = at::empty({N, d}, f32), G16 = at::empty({aux_on ? 2 * N : N, d}, bf16);
+  at::Tensor err2 = at::empty({N}, f32);
   const bool topk = c.selection == Selection::TopK;
   MLXTERP_CUDA_OK(K::sparse_decode(int(N), int(d), int(k), topk ? nullptr : sel.row_ptr.data_ptr<int64_t>(),
                                    sel.lat32.data_ptr<int>(), sel.values.data_ptr<float>(), W_dec16.data_ptr(),
                                    p.b_dec.data_ptr<float>(), x.data_ptr(), x_bf16, e32.data_ptr<float>(),
-                                   e16.data_ptr(), err2.data_ptr<float>(), stream));
+                                   G16.data_ptr(), err2.data_ptr<float>(), stream));
+  st.residual = e32;
   st.sq_err = err2.sum();
-  st.loss = st.sq_err / denom;
+  st.mse = st.sq_err / double(N);
   st.fvu = st.sq_err / total_var;
+  st.loss = st.sq_err / denom;
+  // Gradient-row coefficients: [main, aux].
+  at::Tensor coef = at::zeros({2}, f32);
+  coef.narrow(0, 0, 1).copy_((2.0 / denom).reshape({1}));
+  st.aux = at::zeros({}, f32);
+  if (aux_on) {
+    // e_hat - r (r = x - x_hat = -e) into rows N.. of G16: decode with no bias against r.
+    at::Tensor r = (-e32).contiguous(), q32 = at::empty({N, d}, f32), qerr2 = at::empty({N}, f32);
+    MLXTERP_CUDA_OK(K::sparse_decode(int(N), int(d), int(ka), nullptr, alat.data_ptr<int>(), aval.data_ptr<float>(),
+                                     W_dec16.data_ptr(), nullptr, r.data_ptr(), false, q32.data_ptr<float>(),
+                                     G16.narrow(0, N, N).data_ptr(), qerr2.data_ptr<float>(), stream));
+    at::Tensor num = qerr2.sum() / double(N);
+    at::Tensor den = (r - r.mean(0, true)).pow(2).sum() / double(N);
+    at::Tensor ratio = num / den;
+    at::Tensor valid = at::isfinite(ratio).logical_and(any_dead.reshape({}) > 0);
+    st.aux = at::where(valid, ratio, at::zeros_like(ratio));
+    st.loss = st.loss + c.auxk_coef * st.aux;
+    coef.narrow(0, 1, 1).copy_(at::where(valid, c.auxk_coef * 2.0 / (double(N) * den), at::zeros_like(den)).reshape({1}));
+  }
+  // Updates happen only if the loss is finite (and allow_update, and with clipping a finite norm).
+  at::Tensor gate_b = at::isfinite(st.loss);
+  if (c.allow_update.defined()) gate_b = gate_b.logical_and(c.allow_update.to(at::kBool).reshape({}));
 
-  // 3. Group the (token, latent) pairs by latent.
-  at::Tensor packed = at::empty({P}, i64), packed_sorted = at::empty({P}, i64);
-  at::Tensor keys_sorted = at::empty({P}, i32), offsets = at::empty({F + 1}, i32);
-  MLXTERP_CUDA_OK(K::pack_pairs(sel.tok32.data_ptr<int>(), sel.values.data_ptr<float>(), int(P), u64_ptr(packed),
-                                stream));
-  const size_t temp_bytes = K::sort_pairs_temp_bytes(int(P), int(F));
+  // 3. Group the (token, latent) pairs by latent; AuxK pairs carry token + N, their zero ones a sentinel key.
+  const int64_t PT = P + PA;
+  at::Tensor keys = at::empty({PT}, i32), packed = at::empty({PT}, i64);
+  at::Tensor keys_sorted = at::empty({PT}, i32), packed_sorted = at::empty({PT}, i64);
+  at::Tensor offsets = at::empty({F + 1}, i32);
+  MLXTERP_CUDA_OK(K::pack_pairs(sel.tok32.data_ptr<int>(), sel.lat32.data_ptr<int>(), sel.values.data_ptr<float>(),
+                                int(P), 0, false, int(F), keys.data_ptr<int>(), u64_ptr(packed), stream));
+  if (aux_on)
+    MLXTERP_CUDA_OK(K::pack_pairs(atok.data_ptr<int>(), alat.data_ptr<int>(), aval.data_ptr<float>(), int(PA),
+                                  int(N), true, int(F), keys.data_ptr<int>() + P, u64_ptr(packed) + P, stream));
+  const size_t temp_bytes = K::sort_pairs_temp_bytes(int(PT), int(F));
   at::Tensor temp = at::empty({int64_t(std::max<size_t>(temp_bytes, 1))}, x_in.options().dtype(at::kByte));
-  MLXTERP_CUDA_OK(K::sort_pairs(temp.data_ptr(), temp_bytes, sel.lat32.data_ptr<int>(), keys_sorted.data_ptr<int>(),
-                                u64_ptr(packed), u64_ptr(packed_sorted), int(P), int(F), stream));
-  MLXTERP_CUDA_OK(K::segment_offsets(keys_sorted.data_ptr<int>(), int(P), int(F), offsets.data_ptr<int>(), stream));
-  const K::LatentPairs pairs{offsets.data_ptr<int>(), u64_ptr(packed_sorted)};
+  MLXTERP_CUDA_OK(K::sort_pairs(temp.data_ptr(), temp_bytes, keys.data_ptr<int>(), keys_sorted.data_ptr<int>(),
+                                u64_ptr(packed), u64_ptr(packed_sorted), int(PT), int(F), stream));
+  MLXTERP_CUDA_OK(K::segment_offsets(keys_sorted.data_ptr<int>(), int(PT), int(F), offsets.data_ptr<int>(), stream));
+  const K::LatentPairs pairs{offsets.data_ptr<int>(), u64_ptr(packed_sorted), int(N)};
 
   // 4. Per-latent backward + AdamW (+ parallel-gradient removal and renorm for W_dec), then b_dec.
   const int G = K::latent_grid_size(int(d));
   MLXTERP_CHECK(G > 0, where, ": could not size the latent grid (no CUDA device?)");
-  at::Tensor gval = at::empty({P}, f32);                 // d loss / d val, in latent-sorted order
-  at::Tensor bdec_part = at::empty({G, d}, f32);         // per-block sums of gb_enc[f] * W_enc[f]
-  at::Tensor norm_dec = at::zeros({G}, f32), norm_enc = at::zeros({G}, f32);
+  at::Tensor gval = at::empty({PT}, f32);          // d loss / d val, in latent-sorted order
+  at::Tensor bdec_part = at::empty({G, d}, f32);   // per-block sums of gb_enc[f] * W_enc[f]
+  at::Tensor norm_dec = at::empty({G}, f32), norm_enc = at::empty({G}, f32);
   at::Tensor fire_count = at::empty({F}, i32);
-  const K::AdamArgs adam = adam_args(c);
+  const K::AdamArgs adam = adam_args(c, true), bias_adam = adam_args(c, false);
+  at::Tensor gate = gate_b.to(at::kInt).reshape({1}).contiguous();
   auto dec = [&](K::LatentMode mode, const float* clip) {
-    MLXTERP_CUDA_OK(K::decoder_update(mode, int(F), int(d), pairs, e16.data_ptr(), coef.data_ptr<float>(),
+    MLXTERP_CUDA_OK(K::decoder_update(mode, int(F), int(d), pairs, G16.data_ptr(), coef.data_ptr<float>(),
                                       p.W_dec.data_ptr<float>(), W_dec16.data_ptr(), s.W_dec_m.data_ptr<float>(),
                                       s.W_dec_v.data_ptr<float>(), gval.data_ptr<float>(), adam, clip,
-                                      c.remove_parallel_grad, c.normalize_decoder, norm_dec.data_ptr<float>(),
-                                      stream));
+                                      gate.data_ptr<int>(), c.remove_parallel_grad, c.normalize_decoder,
+                                      norm_dec.data_ptr<float>(), stream));
   };
   auto enc = [&](K::LatentMode mode, const float* clip) {
     MLXTERP_CUDA_OK(K::encoder_update(mode, int(F), int(d), pairs, xc16.data_ptr(), gval.data_ptr<float>(),
                                       p.W_enc.data_ptr<float>(), W_enc16.data_ptr(), s.W_enc_m.data_ptr<float>(),
                                       s.W_enc_v.data_ptr<float>(), p.b_enc.data_ptr<float>(),
-                                      s.b_enc_m.data_ptr<float>(), s.b_enc_v.data_ptr<float>(), adam, clip,
-                                      since_fired.data_ptr<int64_t>(), fire_count.data_ptr<int>(), int(N),
+                                      s.b_enc_m.data_ptr<float>(), s.b_enc_v.data_ptr<float>(), adam, bias_adam,
+                                      clip, gate.data_ptr<int>(), float(c.fire_threshold), fire_count.data_ptr<int>(),
                                       bdec_part.data_ptr<float>(), norm_enc.data_ptr<float>(), stream));
   };
   at::Tensor g_bdec, clip_t;
+  st.clipped = at::zeros({}, f32);
   if (c.max_grad_norm > 0) {
     dec(K::LatentMode::NormOnly, nullptr);
     enc(K::LatentMode::NormOnly, nullptr);
-    g_bdec = (e32.sum(0) * coef - bdec_part.sum(0)).contiguous();
+    g_bdec = (e32.sum(0) * coef[0] - bdec_part.sum(0)).contiguous();
     st.grad_norm = (norm_dec.sum() + norm_enc.sum() + g_bdec.pow(2).sum()).sqrt();
-    clip_t = (c.max_grad_norm / (st.grad_norm + 1e-6)).clamp_max(1.0).to(at::kFloat).contiguous();
+    at::Tensor clip = (c.max_grad_norm / (st.grad_norm + 1e-6)).clamp_max(1.0);
+    st.clipped = (clip < 1).to(at::kFloat);
+    clip_t = clip.to(at::kFloat).contiguous();
+    gate.copy_(gate_b.logical_and(at::isfinite(st.grad_norm)).to(at::kInt).reshape({1}));
     dec(K::LatentMode::UpdateOnly, clip_t.data_ptr<float>());
     enc(K::LatentMode::UpdateOnly, clip_t.data_ptr<float>());
   } else {
     dec(K::LatentMode::Fused, nullptr);
     enc(K::LatentMode::Fused, nullptr);
-    g_bdec = (e32.sum(0) * coef - bdec_part.sum(0)).contiguous();
+    g_bdec = (e32.sum(0) * coef[0] - bdec_part.sum(0)).contiguous();
+    st.grad_norm = (norm_dec.sum() + norm_enc.sum() + g_bdec.pow(2).sum()).sqrt();
   }
   MLXTERP_CUDA_OK(K::adam_vector(int(d), p.b_dec.data_ptr<float>(), s.b_dec_m.data_ptr<float>(),
-                                 s.b_dec_v.data_ptr<float>(), g_bdec.data_ptr<float>(), adam,
-                                 clip_t.defined() ? clip_t.data_ptr<float>() : nullptr, stream));
+                                 s.b_dec_v.data_ptr<float>(), g_bdec.data_ptr<float>(), bias_adam,
+                                 clip_t.defined() ? clip_t.data_ptr<float>() : nullptr, gate.data_ptr<int>(), stream));
+  st.ok = (gate.reshape({}) > 0).logical_and(at::isfinite(st.grad_norm));
+  at::Tensor tsf = at::where(fire_count > 0, at::zeros_like(since_fired), since_fired + N);
+  since_fired.copy_(at::where(st.ok, tsf, since_fired));
 
   st.row_ptr = sel.row_ptr;
   st.latents = sel.lat32.to(at::kLong);
   st.values = sel.values;
   st.fire_count = fire_count;
-  st.l0 = (sel.values > 0).sum().to(at::kFloat) / double(N);
+  st.l0 = (sel.values > c.fire_threshold).sum().to(at::kFloat) / double(N);
+  st.l1 = sel.values.abs().sum();
   return st;
 }
 
@@ -340,4 +409,4 @@ void empty_cache(at::Device device) {
 
 #endif  // MLXTERP_CUDA_EMULATE
 
-}  // namespace mlxterp::sae_step
+}  // namespace mlxterp::sae_kernels

@@ -1,8 +1,10 @@
-// mlxterp/sae_step.hpp — one training step of a TopK / BatchTopK SAE: fused CUDA kernels, and the plain
-// libtorch reference they are tested against.
+// mlxterp/sae_kernels.hpp — one training step of a TopK / BatchTopK SAE: fused CUDA kernels, and the plain
+// libtorch reference they are tested against. The SAE trainer (sae_step.hpp: sae_train_step) reaches the
+// kernels through mlxterp::cuda::sae_train_step_topk (src/cuda/sae_train_step_cuda.cpp), which maps its
+// state onto the types below; use this header directly for benchmarks or your own loop.
 //
-//   using namespace mlxterp::sae_step;
-//   Params p = Params::init(/*d_in=*/4096, /*d_sae=*/131072, at::kCUDA, /*seed=*/0);  // or the trainer's tensors
+//   using namespace mlxterp::sae_kernels;
+//   Params p = Params::init(/*d_in=*/4096, /*d_sae=*/131072, at::kCUDA, /*seed=*/0);
 //   AdamState opt = AdamState::zeros_like(p);
 //   at::Tensor since_fired = at::zeros({131072}, at::dtype(at::kLong).device(at::kCUDA));
 //   StepConfig cfg;  cfg.k = 128;  cfg.lr = 2e-4;
@@ -10,7 +12,7 @@
 //   for (int64_t t = 1; ...; ++t) {
 //     cfg.step = t;                                    // Adam step number (bias correction); cfg.lr may change
 //     StepStats s = stepper.step(p, opt, since_fired, x, cfg);   // x: [n_tokens, d_in] float32 / bfloat16
-//     if (t % 100 == 0) printf("fvu %.4f\n", s.fvu.item<float>()); // stats stay on the device: no sync per step
+//     if (t % 100 == 0) printf("mse %.4f\n", s.mse.item<float>()); // stats stay on the device: no sync per step
 //   }
 //
 // The step (what both backends compute; x has N rows):
@@ -19,19 +21,25 @@
 //   acts    = relu(pre); select k per row (TopK) or N*k in the batch (BatchTopK); ties go to the lower
 //             latent index (TopK) / the earlier (token, latent) (BatchTopK); selections are sorted by latent
 //   x_hat   = b_dec + sum over selections val * W_dec[latent]    [N, d_in]    (W_dec in the compute dtype)
-//   e       = x_hat - x;  loss = sum(e^2) / denom   with denom = sum((x - mean_0 x)^2) (LossNorm::FVU),
-//             N * d_in (MeanSquare) or N (SumPerToken)
-//   grads   = the exact gradients of that loss (relu' = [val > 0]); only the selected latents' rows of
-//             W_enc / W_dec get non-zero gradients; b_dec gets both its decoder and its encoder (-xc) terms
-//   then, in order: W_dec grad -= (grad . w) w per row (remove_parallel_grad; w = current unit rows),
-//   global grad-norm clipping over all four gradients (max_grad_norm > 0, as torch clip_grad_norm_),
-//   AdamW on every parameter (all rows: dense Adam semantics, torch's formulas), W_dec rows renormalised
-//   to unit norm (normalize_decoder; w / (||w|| + FLT_EPSILON)), and the dead counters:
-//   since_fired[f] = 0 if latent f was selected with val > 0 on some token of the batch, else += N.
+//   e       = x_hat - x;  main = sum(e^2) / denom  with denom = N (LossNorm::SumPerToken: mean over tokens of
+//             the squared error, the mlxterp trainer's "mse"), sum((x - mean_0 x)^2) (FVU) or N * d_in (MeanSquare)
+//   AuxK    (auxk_coef > 0): dead = since_fired >= dead_tokens (before the step); per token the k_aux largest
+//             relu(pre) among dead latents; e_hat = sum val * W_dec[latent] (no b_dec); r = x - x_hat (no
+//             gradient); aux = mean_t |r - e_hat|^2 / mean_t |r - mean_0 r|^2 (0 if not finite, or if no
+//             latent is dead); loss = main + auxk_coef * aux
+//   grads   = the exact gradients of the loss (relu' = [val > 0]); only selected latents' rows of W_enc / W_dec
+//             get non-zero gradients; b_dec gets both its decoder and its encoder (-xc) terms
+//   then: W_dec grad -= (g . w) w / max(|w|, 1e-12)^2 per row (remove_parallel_grad); grad_norm = the global
+//   norm of all four gradients; clipping (max_grad_norm > 0: g *= min(1, max / (norm + 1e-6))); AdamW
+//   (torch's formulas; weight decay on W_enc and W_dec only) on every row, skipped entirely unless the loss
+//   is finite, `allow_update` (if given) is true and, when clipping, the norm is finite; W_dec rows
+//   renormalised (normalize_decoder: w / max(|w|, 1e-12)); and, if that update happened and the norm is
+//   finite (stats.ok), the dead counters: since_fired[f] = 0 if latent f fired (val > fire_threshold) on a
+//   token, else += N.
 //
 // Memory (CUDA, TopK): the fp32 weights and Adam state, bf16 copies of W_enc and W_dec (kept by the
-// Stepper), the encoder output for at most ~128 MB of rows at a time, and O(N * (d_in + k)) scratch. BatchTopK
-// needs the whole [N, d_sae] encoder output (its threshold is global).
+// Stepper), the encoder output for at most ~128 MB of rows at a time, and O(N * (d_in + k + k_aux)) scratch.
+// BatchTopK needs the whole [N, d_sae] encoder output (its threshold is global).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -39,7 +47,7 @@
 #include <cstdint>
 #include <string>
 
-namespace mlxterp::sae_step {
+namespace mlxterp::sae_kernels {
 
 // The SAE's trainable tensors, float32, updated in place. Rows are latents.
 struct Params {
@@ -67,27 +75,39 @@ enum class LossNorm { FVU, MeanSquare, SumPerToken };
 struct StepConfig {
   int64_t k = 32;  // latents per token (TopK) / mean latents per token (BatchTopK)
   Selection selection = Selection::TopK;
-  LossNorm loss_norm = LossNorm::FVU;
+  LossNorm loss_norm = LossNorm::SumPerToken;
   at::ScalarType compute_dtype = at::kBFloat16;  // encoder GEMM / decoder weights; kFloat for full precision
-  double lr = 1e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;  // AdamW (decoupled decay)
+  double lr = 1e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double weight_decay = 0.0;    // AdamW's decoupled decay, on W_enc and W_dec (not the biases)
   int64_t step = 1;             // Adam step t >= 1 (bias corrections 1 - beta^t)
   double max_grad_norm = 0.0;   // > 0: clip the global norm of all gradients first
   bool remove_parallel_grad = true;
   bool normalize_decoder = true;
+  double fire_threshold = 0.0;  // a latent fires on a token when its activation is > this
+  double auxk_coef = 0.0;       // AuxK loss weight (0 = off)
+  int64_t k_aux = 0;            // AuxK latents per token
+  int64_t dead_tokens = 0;      // a latent is dead once it has not fired for this many tokens
+  at::Tensor allow_update;      // optional [] bool on the device: false = compute everything, change nothing
 };
 
 // What a step reports. Every tensor stays on the device of x (reading one synchronises).
 struct StepStats {
-  at::Tensor loss;            // []  sum(e^2) / denom
+  at::Tensor loss;            // []  main + auxk_coef * aux
   at::Tensor sq_err;          // []  sum(e^2)
+  at::Tensor mse;             // []  sum(e^2) / N
   at::Tensor fvu;             // []  sum(e^2) / sum((x - mean)^2)
-  at::Tensor l0;              // []  mean number of selected latents with val > 0 per token
-  at::Tensor grad_norm;       // []  global gradient norm before clipping (undefined unless max_grad_norm > 0)
-  at::Tensor threshold;       // []  BatchTopK: the smallest selected activation (for JumpReLU export)
+  at::Tensor aux;             // []  AuxK loss before its coefficient (0 when off)
+  at::Tensor l0;              // []  mean number of latents per token with val > fire_threshold
+  at::Tensor l1;              // []  sum over tokens and selections of |val|
+  at::Tensor grad_norm;       // []  global gradient norm before clipping
+  at::Tensor clipped;         // []  1 if clipping scaled the gradients, else 0 (float32)
+  at::Tensor ok;              // []  bool: the update was applied and the norm is finite
+  at::Tensor kept_min;        // []  smallest selected activation > 0 (inf if none): BatchTopK's threshold
+  at::Tensor residual;        // [N, d_in] float32: x_hat - x
   at::Tensor row_ptr;         // [N + 1] int64: token n's selections are [row_ptr[n], row_ptr[n+1])
   at::Tensor latents;         // [N * k] int64, sorted by latent within each token
   at::Tensor values;          // [N * k] float32 (relu'd activations; 0 where fewer than k were positive)
-  at::Tensor fire_count;      // [d_sae] int32: tokens of this batch on which each latent fired (val > 0)
+  at::Tensor fire_count;      // [d_sae] int32: tokens of this batch on which each latent fired
 };
 
 enum class Backend { Auto, Reference, Cuda };
@@ -101,8 +121,9 @@ std::string cuda_unsupported_reason(const Params& p, const at::Tensor& x, const 
 StepStats reference_step(Params& p, AdamState& opt, at::Tensor& since_fired, const at::Tensor& x,
                          const StepConfig& cfg);
 
-// Holds what persists between CUDA steps: bf16 copies of W_enc / W_dec, refreshed by the step itself.
-// Call invalidate() after changing p outside `step` (loading, resampling latents, ...).
+// Holds what persists between CUDA steps: bf16 copies of W_enc / W_dec, refreshed by the step itself. A
+// change to p made outside `step` through libtorch ops (loading, resampling latents, ...) bumps the tensors'
+// version counters and is noticed; after writing through raw pointers, call invalidate().
 class Stepper {
  public:
   explicit Stepper(Backend backend = Backend::Auto) : backend_(backend) {}
@@ -118,7 +139,8 @@ class Stepper {
   Backend backend_, last_ = Backend::Reference;
   at::Tensor W_enc_bf16_, W_dec_bf16_;
   bool shadows_valid_ = false;
-  friend struct StepperAccess;
+  const void* seen_ptr_[2] = {nullptr, nullptr};  // W_enc, W_dec the copies were made of
+  int64_t seen_version_[2] = {-1, -1};
 };
 
 // ---- the pieces, each with a reference (used by the tests; the CUDA versions need CUDA tensors) -----
@@ -129,11 +151,15 @@ struct Grads {
 };
 
 namespace ref {
-// The forward pass and the exact gradients; *stats (if given) gets the step's statistics.
-Grads gradients(const Params& p, const at::Tensor& x, const StepConfig& cfg, StepStats* stats = nullptr);
+// The forward pass and the exact gradients; *stats (if given) gets the step's statistics (all but grad_norm,
+// clipped, ok). `dead` [d_sae] bool: AuxK's dead latents (undefined: AuxK off).
+Grads gradients(const Params& p, const at::Tensor& x, const StepConfig& cfg, const at::Tensor& dead = {},
+                StepStats* stats = nullptr);
 // Top-k of relu(pre + b_enc) per row; ties to the lower latent; (latents, values) sorted by latent.
 //   pre [N, F] any float dtype, b_enc [F] float32 -> latents [N, k] int64, values [N, k] float32
-std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k);
+//   mask [F] bool (optional): latents outside it count as 0 (AuxK's dead latents)
+std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k,
+                                            const at::Tensor& mask = {});
 // BatchTopK: the N*k largest of relu(pre + b_enc) over the whole batch; ties to the earlier (row, latent).
 //   -> row_ptr [N + 1] int64, latents [N*k] int64, values [N*k] float32 (CSR by row, sorted by latent)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_topk(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k);
@@ -145,7 +171,8 @@ at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& l
 #ifdef MLXTERP_HAVE_CUDA_KERNELS
 namespace cuda {
 // Same contracts as ref:: (int64 outputs), computed by the CUDA kernels. pre must be bfloat16.
-std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k);
+std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k,
+                                            const at::Tensor& mask = {});
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_topk(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k);
 // W must be bfloat16 here.
 at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& latents, const at::Tensor& values,
@@ -171,4 +198,4 @@ int64_t peak_memory_bytes(at::Device device);         // caching allocator's pea
 int64_t allocated_memory_bytes(at::Device device);    // currently allocated; -1 on CPU
 void empty_cache(at::Device device);                  // hands the allocator's unused blocks back (no-op on CPU)
 
-}  // namespace mlxterp::sae_step
+}  // namespace mlxterp::sae_kernels
