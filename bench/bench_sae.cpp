@@ -30,11 +30,15 @@ namespace {
 struct Case {
   std::string name;
   int64_t d, f, k, n;
+  // The SAE trainer's defaults on top (AuxK with k_aux = d / 2 and 10% dead latents, clipping at 1, the
+  // finite-gradient gate): what `mlxterp sae train` runs. No PyTorch peer for these.
+  bool trainer = false;
 };
 
 const std::vector<Case> kGpuCases = {
     {"llama3-8b", 4096, 131072, 128, 4096},   // Llama-3-8B residual, 32x expansion
     {"llama3.2-1b", 2048, 65536, 64, 4096},   // Llama-3.2-1B residual, 32x expansion
+    {"llama3-8b-trainer", 4096, 131072, 128, 4096, true},
 };
 const std::vector<Case> kCpuCases = {
     {"cpu-small", 256, 4096, 32, 512},
@@ -56,12 +60,21 @@ json run_case(const Case& c, const Options& o) {
   std::printf("\n== case %s: d_in=%lld d_sae=%lld k=%lld tokens=%lld (%s)\n", c.name.c_str(), (long long)c.d,
               (long long)c.f, (long long)c.k, (long long)c.n,
               o.selection == Selection::TopK ? "TopK" : "BatchTopK");
-  json r = {{"case", c.name}, {"d", c.d}, {"f", c.f}, {"k", c.k}, {"n", c.n}};
+  json r = {{"case", c.name}, {"d", c.d}, {"f", c.f}, {"k", c.k}, {"n", c.n}, {"trainer", c.trainer}};
   StepConfig cfg;
   cfg.k = c.k;
   cfg.lr = 2e-4;
   cfg.selection = o.selection;
   cfg.compute_dtype = gpu ? at::kBFloat16 : at::kFloat;
+  if (c.trainer) {
+    cfg.auxk_coef = 1.0 / 32;
+    cfg.k_aux = c.d / 2;
+    cfg.dead_tokens = 10'000'000;
+    cfg.max_grad_norm = 1.0;
+    cfg.finite_grad_gate = true;
+    std::printf("  trainer defaults: AuxK k_aux=%lld (10%% of latents dead), clip 1.0, finite-gradient gate\n",
+                (long long)cfg.k_aux);
+  }
   {
     empty_cache(dev);
     reset_peak_memory(dev);
@@ -69,6 +82,7 @@ json run_case(const Case& c, const Options& o) {
     Params p = Params::init(c.d, c.f, dev, 0);
     AdamState s = AdamState::zeros_like(p);
     at::Tensor since = at::zeros({c.f}, at::TensorOptions().dtype(at::kLong).device(dev));
+    if (c.trainer) since.narrow(0, 0, c.f / 10).fill_(cfg.dead_tokens);  // stays dead: they rarely fire
     const double state_bytes = double(6 * c.f * c.d + 3 * (c.f + c.d)) * 4;  // fp32 weights + m + v
     std::vector<at::Tensor> xs;
     for (int i = 0; i < 4; ++i)
@@ -127,7 +141,7 @@ json run_case(const Case& c, const Options& o) {
   }
   empty_cache(dev);  // the peer is another process on the same GPU
 
-  if (o.peer) {
+  if (o.peer && !c.trainer) {
     std::string cmd = o.python + " " + shell_quote(o.peer_script) + " --device " + (gpu ? "cuda" : "cpu") +
                       " --d " + std::to_string(c.d) + " --f " + std::to_string(c.f) + " --k " +
                       std::to_string(c.k) + " --n " + std::to_string(c.n) + " --warmup " +
@@ -189,7 +203,7 @@ int main(int argc, char** argv) {
     for (const Case& c : all)
       if (cases.empty() || std::find(cases.begin(), cases.end(), c.name) != cases.end()) run.push_back(c);
     MLXTERP_CHECK(!run.empty(), "bench_sae: no case matches; the ", o.device.is_cuda() ? "GPU" : "CPU",
-                  " cases are ", o.device.is_cuda() ? "llama3-8b, llama3.2-1b" : "cpu-small, cpu-medium");
+                  " cases are ", o.device.is_cuda() ? "llama3-8b, llama3.2-1b, llama3-8b-trainer" : "cpu-small, cpu-medium");
     json results = {{"device", info.name}, {"cases", json::array()}};
     for (Case c : run) {
       if (tokens > 0) c.n = tokens;
@@ -217,7 +231,9 @@ int main(int argc, char** argv) {
                   r["case"].get<std::string>().c_str(), r["ms"].get<double>(), r["tokens_per_s"].get<double>() / 1e3,
                   r["gemm_ms"].get<double>(), r["ms"].get<double>() / r["gemm_ms"].get<double>(), bf,
                   bf / r["ms"].get<double>(), fp, fp / r["ms"].get<double>(), r.value("peak_over_state", NAN));
-      if (o.device.is_cuda())
+      if (r.value("trainer", false))
+        std::printf("  (trainer defaults: AuxK + clipping + gate; compare with the plain case above)\n");
+      else if (o.device.is_cuda())
         std::printf("  targets: speedup vs dense bf16 >= 4: %s; step <= 2.5x GEMM: %s; memory <= 1.2x state: %s\n",
                     verdict(bf / r["ms"].get<double>() >= 4).c_str(),
                     verdict(r["ms"].get<double>() <= 2.5 * r["gemm_ms"].get<double>()).c_str(),

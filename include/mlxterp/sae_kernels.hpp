@@ -32,7 +32,8 @@
 //   then: W_dec grad -= (g . w) w / max(|w|, 1e-12)^2 per row (remove_parallel_grad); grad_norm = the global
 //   norm of all four gradients; clipping (max_grad_norm > 0: g *= min(1, max / (norm + 1e-6))); AdamW
 //   (torch's formulas; weight decay on W_enc and W_dec only) on every row, skipped entirely unless the loss
-//   is finite, `allow_update` (if given) is true and, when clipping, the norm is finite; W_dec rows
+//   is finite, `allow_update` (if given) is true and, when clipping or finite_grad_gate, the norm is finite;
+//   W_dec rows
 //   renormalised (normalize_decoder: w / max(|w|, 1e-12)); and, if that update happened and the norm is
 //   finite (stats.ok), the dead counters: since_fired[f] = 0 if latent f fired (val > fire_threshold) on a
 //   token, else += N.
@@ -81,6 +82,9 @@ struct StepConfig {
   double weight_decay = 0.0;    // AdamW's decoupled decay, on W_enc and W_dec (not the biases)
   int64_t step = 1;             // Adam step t >= 1 (bias corrections 1 - beta^t)
   double max_grad_norm = 0.0;   // > 0: clip the global norm of all gradients first
+  // Skip the update also when the gradient norm is not finite (always so when clipping). The SAE trainer's
+  // rule; without clipping it costs the CUDA step a second pass over the latents (norm, then update).
+  bool finite_grad_gate = false;
   bool remove_parallel_grad = true;
   bool normalize_decoder = true;
   double fire_threshold = 0.0;  // a latent fires on a token when its activation is > this

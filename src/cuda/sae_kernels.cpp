@@ -285,8 +285,8 @@ StepStats reference_step(Params& p, AdamState& s, at::Tensor& since_fired, const
   at::Tensor gate = at::isfinite(st.loss);
   if (c.allow_update.defined()) gate = gate.logical_and(c.allow_update.to(at::kBool).reshape({}));
   st.clipped = at::zeros({}, x.options().dtype(at::kFloat));
+  if (c.max_grad_norm > 0 || c.finite_grad_gate) gate = gate.logical_and(at::isfinite(st.grad_norm));
   if (c.max_grad_norm > 0) {
-    gate = gate.logical_and(at::isfinite(st.grad_norm));
     at::Tensor clip = (c.max_grad_norm / (st.grad_norm + 1e-6)).clamp_max(1.0);
     st.clipped = (clip < 1).to(at::kFloat);
     for (at::Tensor* t : {&g.W_enc, &g.b_enc, &g.W_dec, &g.b_dec}) t->mul_(clip);

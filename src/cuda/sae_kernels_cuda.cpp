@@ -38,7 +38,7 @@ cudaStream_t current_stream() {
 #ifdef MLXTERP_CUDA_EMULATE
   return nullptr;
 #else
-  return current_stream();
+  return at::cuda::getCurrentCUDAStream().stream();
 #endif
 }
 
@@ -276,7 +276,8 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
     st.loss = st.loss + c.auxk_coef * st.aux;
     coef.narrow(0, 1, 1).copy_(at::where(valid, c.auxk_coef * 2.0 / (double(N) * den), at::zeros_like(den)).reshape({1}));
   }
-  // Updates happen only if the loss is finite (and allow_update, and with clipping a finite norm).
+  // Updates happen only if the loss is finite (and allow_update; with clipping or finite_grad_gate, also
+  // only if the gradient norm is finite).
   at::Tensor gate_b = at::isfinite(st.loss);
   if (c.allow_update.defined()) gate_b = gate_b.logical_and(c.allow_update.to(at::kBool).reshape({}));
 
@@ -323,17 +324,21 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
   };
   at::Tensor g_bdec, clip_t;
   st.clipped = at::zeros({}, f32);
-  if (c.max_grad_norm > 0) {
+  if (c.max_grad_norm > 0 || c.finite_grad_gate) {
+    // Two passes: the gradient norm first (clipping scale, finiteness gate), then the update.
     dec(K::LatentMode::NormOnly, nullptr);
     enc(K::LatentMode::NormOnly, nullptr);
     g_bdec = (e32.sum(0) * coef[0] - bdec_part.sum(0)).contiguous();
     st.grad_norm = (norm_dec.sum() + norm_enc.sum() + g_bdec.pow(2).sum()).sqrt();
-    at::Tensor clip = (c.max_grad_norm / (st.grad_norm + 1e-6)).clamp_max(1.0);
-    st.clipped = (clip < 1).to(at::kFloat);
-    clip_t = clip.to(at::kFloat).contiguous();
+    if (c.max_grad_norm > 0) {
+      at::Tensor clip = (c.max_grad_norm / (st.grad_norm + 1e-6)).clamp_max(1.0);
+      st.clipped = (clip < 1).to(at::kFloat);
+      clip_t = clip.to(at::kFloat).contiguous();
+    }
     gate.copy_(gate_b.logical_and(at::isfinite(st.grad_norm)).to(at::kInt).reshape({1}));
-    dec(K::LatentMode::UpdateOnly, clip_t.data_ptr<float>());
-    enc(K::LatentMode::UpdateOnly, clip_t.data_ptr<float>());
+    const float* clip_p = clip_t.defined() ? clip_t.data_ptr<float>() : nullptr;
+    dec(K::LatentMode::UpdateOnly, clip_p);
+    enc(K::LatentMode::UpdateOnly, clip_p);
   } else {
     dec(K::LatentMode::Fused, nullptr);
     enc(K::LatentMode::Fused, nullptr);

@@ -50,6 +50,7 @@ bool sae_train_step_topk(SaeTrainState& st, const at::Tensor& x, const SaeStepAr
   if (a.arch != SaeArch::TopK && a.arch != SaeArch::BatchTopK) return false;
   // Not fused: tied weights, ghost grads, float32 / float16 compute (the kernels are bf16).
   if (st.tied || a.ghost_grads || a.compute_dtype != at::kBFloat16) return false;
+  if (a.k < 1 || a.k > st.d_sae || x.dim() != 2 || x.size(1) != st.d_in || x.size(0) < 1) return false;
   sk::Params p{st.params.W_enc, st.params.b_enc, st.params.W_dec, st.params.b_dec};
   sk::AdamState s{st.adam_m.W_enc, st.adam_v.W_enc, st.adam_m.b_enc, st.adam_v.b_enc,
                   st.adam_m.W_dec, st.adam_v.W_dec, st.adam_m.b_dec, st.adam_v.b_dec};
@@ -65,6 +66,7 @@ bool sae_train_step_topk(SaeTrainState& st, const at::Tensor& x, const SaeStepAr
   c.weight_decay = a.weight_decay;
   c.step = st.adam_step + 1;
   c.max_grad_norm = a.clip;
+  c.finite_grad_gate = true;  // the trainer's ok = finite loss && finite norm && no earlier bad step
   c.remove_parallel_grad = a.decoder_unit_norm;
   c.normalize_decoder = a.decoder_unit_norm;
   c.fire_threshold = a.fire_threshold;
@@ -109,7 +111,7 @@ bool sae_train_step_topk(SaeTrainState& st, const at::Tensor& x, const SaeStepAr
   auto d = [](const at::Tensor& t) { return t.detach().to(at::kDouble).reshape({}); };
   at::Tensor zero = at::zeros({}, xf.options());
   at::Tensor row = at::stack({d(at::ones({}, xf.options())), d(at::full({}, double(N), xf.options())), d(r.loss),
-                              d(r.mse), d(sse), d(sst), d(r.l0 * double(N)), d(r.l1), d(r.aux), d(zero), d(zero),
+                              d(r.mse), d(sse), d(sst), d(r.fire_count.sum()), d(r.l1), d(r.aux), d(zero), d(zero),
                               d(r.grad_norm), d(cos.sum()), d(r.clipped)});
   st.metric_sums.add_(row);
   return true;

@@ -112,6 +112,59 @@ TEST(SaeKernelsReference, RejectsMismatchedInputs) {
   EXPECT_THROW(reference_step(p, s, bad_since, at::randn({5, 8}), cfg), Error);
 }
 
+namespace {
+
+// A step whose loss is finite but whose gradient norm overflows float32: latent 0 has a zero decoder row and
+// a huge encoder bias, so every token selects it with activation 1e30 (adding nothing to x_hat), and its
+// W_dec gradient (~1e30 * residual) squares to inf.
+struct OverflowCase {
+  Params p;
+  AdamState s;
+  at::Tensor since, x;
+};
+
+OverflowCase overflow_case(at::Device dev) {
+  OverflowCase c;
+  c.p = Params::init(64, 256, dev, 3);
+  c.p.W_dec[0].zero_();
+  c.p.b_enc[0].fill_(1e30);
+  c.s = AdamState::zeros_like(c.p);
+  c.since = at::full({256}, 7, at::TensorOptions().dtype(at::kLong).device(dev));
+  c.x = at::randn({32, 64}, at::TensorOptions().device(dev));
+  return c;
+}
+
+// Runs one step (reference or CUDA) of the overflow case; checks what finite_grad_gate promises.
+void check_overflow_step(at::Device dev, bool use_cuda) {
+  for (bool gate : {true, false}) {
+    SCOPED_TRACE(std::string("finite_grad_gate ") + (gate ? "on" : "off") + (use_cuda ? ", CUDA" : ", reference"));
+    OverflowCase c = overflow_case(dev);
+    Params before = c.p.clone();
+    StepConfig cfg;
+    cfg.k = 4;
+    cfg.step = 3;
+    cfg.finite_grad_gate = gate;
+    cfg.compute_dtype = use_cuda ? at::kBFloat16 : at::kFloat;
+    StepStats st = use_cuda ? Stepper(Backend::Cuda).step(c.p, c.s, c.since, c.x, cfg)
+                            : reference_step(c.p, c.s, c.since, c.x, cfg);
+    EXPECT_TRUE(std::isfinite(st.loss.item<double>()));
+    EXPECT_FALSE(std::isfinite(st.grad_norm.item<double>()));
+    EXPECT_FALSE(st.ok.item<bool>());
+    EXPECT_EQ(c.since.min().item<int64_t>(), 7) << "no update, no counter changes";
+    const bool unchanged = at::equal(c.p.W_enc.cpu(), before.W_enc.cpu()) && at::equal(c.p.b_enc.cpu(), before.b_enc.cpu()) &&
+                           at::equal(c.p.W_dec.cpu(), before.W_dec.cpu()) && at::equal(c.p.b_dec.cpu(), before.b_dec.cpu());
+    // Gated: nothing moves (the SAE trainer's rule). Not gated and not clipping: the update is applied.
+    EXPECT_EQ(unchanged, gate);
+    if (gate) EXPECT_EQ(c.s.W_dec_v.abs().max().item<float>(), 0.f);
+  }
+}
+
+}  // namespace
+
+TEST(SaeKernelsReference, FiniteGradGateSkipsAnUpdateWithAnOverflowingGradient) {
+  check_overflow_step(at::kCPU, /*use_cuda=*/false);
+}
+
 TEST(SaeKernelsReference, StepperUsesTheReferenceOffTheGpu) {
   Params p = Params::init(8, 16, at::kCPU, 0);
   AdamState s = AdamState::zeros_like(p);
@@ -197,6 +250,20 @@ TEST(CudaSaeKernels, TopkRowsMatchesReference) {
                                                   << lat.ne(rlat).sum().item<int64_t>() << " places";
     EXPECT_TRUE(at::equal(val.cpu(), rval.cpu()));
   }
+  // AuxK's selection: only latents in the mask count (others are 0); large k uses > 48 KB of shared memory.
+  for (int64_t k : {64, 2048, 4096}) {
+    SCOPED_TRACE("masked k=" + std::to_string(k));
+    const SelectCase c{"masked", 3, 16384, k, "random"};
+    at::Tensor pre = make_pre(c), b = make_bias(c);
+    at::Tensor mask = at::rand({c.f}, at::TensorOptions().device(kGpu)) < 0.3;
+    auto [lat, val] = cuda::topk_rows(pre, b, k, mask);
+    auto [rlat, rval] = ref::topk_rows(pre, b, k, mask);
+    EXPECT_TRUE(at::equal(lat.cpu(), rlat.cpu()));
+    EXPECT_TRUE(at::equal(val.cpu(), rval.cpu()));
+    at::Tensor picked_positive = val.gt(0).cpu();
+    at::Tensor in_mask = mask.cpu().index_select(0, lat.cpu().flatten()).view_as(picked_positive);
+    EXPECT_TRUE(in_mask.logical_or(picked_positive.logical_not()).all().item<bool>()) << "a positive outside the mask";
+  }
   // A strided view (rows of a wider matrix) reads only its own columns.
   at::Tensor wide = at::randn({4, 4096 + 64}, at::TensorOptions().device(kGpu)).to(at::kBFloat16);
   at::Tensor view = wide.narrow(1, 0, 4096);
@@ -264,6 +331,7 @@ struct StepCase {
   int64_t k_aux = 0;
   double dead_frac = 0;       // latents that start dead (since_fired = dead_tokens)
   double fire_threshold = 0;
+  bool finite_grad_gate = false;  // two passes without clipping
 };
 
 constexpr int64_t kDeadTokens = 5000;
@@ -284,6 +352,8 @@ const StepCase kStepCases[] = {
      64, 0.1},
     {"topk_auxk_nothing_dead", 256, 256, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true,
      1.0 / 32, 128, 0.0},
+    {"topk_finite_grad_gate", 256, 256, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true, 1.0 / 32,
+     64, 0.2, 0, true},
 };
 
 }  // namespace
@@ -293,7 +363,9 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
   MLXTERP_REQUIRE_CUDA_KERNELS();
 #ifdef MLXTERP_HAVE_CUDA_KERNELS
   auto o = at::TensorOptions().device(kGpu);
+  const char* only = std::getenv("MLXTERP_STEP_CASE");  // debugging: run one case
   for (const StepCase& c : kStepCases) {
+    if (only && std::string(only) != c.name) continue;
     SCOPED_TRACE(c.name);
     Params p = Params::init(c.d, c.f, kGpu, 21);
     p.b_enc = at::randn({c.f}, o) * 0.05;
@@ -305,9 +377,9 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
     for (at::Tensor* v : {&s.W_enc_v, &s.b_enc_v, &s.W_dec_v, &s.b_dec_v}) *v = at::rand_like(*v) * 1e-5 + 1e-7;
     at::Tensor since = at::randint(0, 1000, {c.f}, o.dtype(at::kLong));
     since.narrow(0, 0, int64_t(c.dead_frac * c.f)).fill_(kDeadTokens);
-    Params pc = p.clone(), pr = p.clone();
-    AdamState sc = s.clone(), sr = s.clone();
-    at::Tensor since_c = since.clone(), since_r = since.clone();
+    Params pc = p.clone();
+    AdamState sc = s.clone();
+    at::Tensor since_c = since.clone();
     StepConfig cfg;
     cfg.k = c.k;
     cfg.selection = c.selection;
@@ -315,6 +387,7 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
     cfg.lr = 1e-3;
     cfg.weight_decay = 0.01;
     cfg.max_grad_norm = c.max_grad_norm;
+    cfg.finite_grad_gate = c.finite_grad_gate;
     cfg.remove_parallel_grad = c.remove_parallel;
     cfg.normalize_decoder = c.normalize;
     cfg.auxk_coef = c.auxk_coef;
@@ -327,27 +400,27 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
       cfg.step = 10 + t;
       at::Tensor x = at::randn({c.n, c.d}, o) * 1.5 + 0.2;
       if (c.x_bf16) x = x.to(at::kBFloat16);
-      Params before = pr.clone();
-      AdamState sbefore = sr.clone();
+      // Every step starts the reference from the CUDA path's state (the trajectories would otherwise drift
+      // apart by bf16 rounding, and near-ties at the k-th value would flip): identical inputs each step.
+      Params pr = pc.clone(), before = pc.clone();
+      AdamState sr = sc.clone(), sbefore = sc.clone();
+      at::Tensor since_r = since_c.clone();
       StepStats a = stepper.step(pc, sc, since_c, x, cfg);
       StepStats r = reference_step(pr, sr, since_r, x, cfg);
       ASSERT_EQ(stepper.last_backend(), Backend::Cuda);
-      const double agree = a.latents.eq(r.latents).to(at::kDouble).mean().item<double>();
-      if (t == 0) {
-        // Same GEMM, same selection rule: identical selections on the first step.
-        EXPECT_TRUE(at::equal(a.row_ptr.cpu(), r.row_ptr.cpu()));
-        EXPECT_EQ(agree, 1.0);
-        EXPECT_TRUE(at::equal(a.values.cpu(), r.values.cpu()));
-        EXPECT_TRUE(at::equal(a.fire_count.cpu(), r.fire_count.cpu()));
-        EXPECT_TRUE(at::equal(since_c.cpu(), since_r.cpu()));
-        EXPECT_EQ(a.kept_min.item<float>(), r.kept_min.item<float>());
-        EXPECT_EQ(a.clipped.item<float>(), r.clipped.item<float>());
-        if (c.auxk_coef > 0) {
-          EXPECT_LT(std::abs(a.aux.item<double>() - r.aux.item<double>()), 1e-3 * std::abs(r.aux.item<double>()) + 1e-9);
-          EXPECT_EQ(a.aux.item<double>() > 0, c.dead_frac > 0) << "AuxK active exactly when latents are dead";
-        }
-      } else {
-        EXPECT_GT(agree, 0.99);  // weights now differ by bf16-level rounding: near-ties may flip
+      // Same GEMM inputs (the step keeps its bf16 copies equal to the rounded weights), same selection rule:
+      // identical selections, values and dead-latent counters.
+      EXPECT_TRUE(at::equal(a.row_ptr.cpu(), r.row_ptr.cpu()));
+      EXPECT_EQ(a.latents.eq(r.latents).to(at::kDouble).mean().item<double>(), 1.0);
+      EXPECT_TRUE(at::equal(a.values.cpu(), r.values.cpu()));
+      EXPECT_TRUE(at::equal(a.fire_count.cpu(), r.fire_count.cpu()));
+      EXPECT_TRUE(at::equal(since_c.cpu(), since_r.cpu()));
+      EXPECT_EQ(a.kept_min.item<float>(), r.kept_min.item<float>());
+      EXPECT_EQ(a.clipped.item<float>(), r.clipped.item<float>());
+      if (c.max_grad_norm > 0 && t == 0) EXPECT_EQ(a.clipped.item<float>(), 1.f) << "the case should clip";
+      if (c.auxk_coef > 0) {
+        EXPECT_LT(std::abs(a.aux.item<double>() - r.aux.item<double>()), 1e-3 * std::abs(r.aux.item<double>()) + 1e-9);
+        EXPECT_EQ(a.aux.item<double>() > 0, c.dead_frac > 0) << "AuxK active exactly when latents are dead";
       }
       EXPECT_LT(std::abs(a.loss.item<double>() / r.loss.item<double>() - 1), 1e-3);
       EXPECT_LT(std::abs(a.l0.item<double>() - r.l0.item<double>()), 0.05 * c.k);
@@ -375,6 +448,13 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
       }
     }
   }
+#endif
+}
+
+TEST(CudaSaeStep, FiniteGradGateSkipsAnUpdateWithAnOverflowingGradient) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  check_overflow_step(kGpu, /*use_cuda=*/true);
 #endif
 }
 

@@ -55,6 +55,7 @@ inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int bytes) {
 #define __shared__ static
 
 // ---- vector types ------------------------------------------------------------------------------------------
+struct alignas(8) uint2 { unsigned x, y; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
