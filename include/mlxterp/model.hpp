@@ -71,6 +71,8 @@ class SiteTable {
   const std::vector<SiteInfo>& all() const { return sites_; }
   // -1 if `name` is neither a canonical name nor an alias.
   int find(std::string_view name) const;
+  // Every other accepted name of a site (sorted).
+  std::vector<std::string> aliases(int id) const;
   // Like find, but throws mlxterp::Error listing close matches:
   //   "unknown site 'model.layers.40.mlp': the model has 32 layers (model.layers.0 .. model.layers.31)"
   //   "unknown site 'model.layers.2.mlpp' (did you mean 'model.layers.2.mlp'? run `mlxterp components ...`)"
@@ -121,6 +123,7 @@ class Hooks {
   // Applies interventions then captures; returns the tensor the forward pass continues with.
   at::Tensor operator()(int site, at::Tensor x) {
     if (site < 0 || (site >= int(wanted_.size()))) return x;
+    if (done()) return x;  // past the stop site: the rest of the block runs unobserved
     if (wanted_[site]) x = apply(site, std::move(x));
     passed_ = std::max(passed_, site);
     return x;
@@ -252,6 +255,8 @@ struct ModelFiles {
   std::string tokenizer_path;  // found beside the model, "" if none
 };
 ModelFiles read_hf_model(const std::string& dir);
+// The same with one specific weights file (e.g. a fine-tuned copy beside the original).
+ModelFiles read_hf_model(const std::string& dir, const std::string& weights_file);
 ModelFiles read_gguf_model(const std::string& path);      // llama.cpp names mapped to HF, Q/K un-permuted
 ModelFiles read_llama2c_model(const std::string& path);   // legacy v0 header; Q/K un-permuted to HF layout
 

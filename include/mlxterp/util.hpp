@@ -7,7 +7,7 @@
 //   auto near = mlxterp::close_matches("mlpp", names);             // {"mlp", ...}
 #pragma once
 
-#include <ATen/ATen.h>
+#include "mlxterp/torch_compat.hpp"
 
 #include <chrono>
 #include <cstdint>

@@ -1,6 +1,7 @@
 // The TopK / BatchTopK SAE step in plain libtorch ops (the reference every CUDA kernel is tested
 // against), the backend choice, and the CPU side of the device helpers. Compiled in every build.
 #include "mlxterp/sae_kernels.hpp"
+#include "mlxterp/torch_compat.hpp"  // at::NoGradGuard on libtorch 2.x
 
 #include <cfloat>
 #include <cmath>

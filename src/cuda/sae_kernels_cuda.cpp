@@ -20,6 +20,7 @@
 #include "cuda/sae_kernels_internal.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/sae_kernels.hpp"
+#include "mlxterp/torch_compat.hpp"  // at::NoGradGuard on libtorch 2.x
 #include "mlxterp/util.hpp"
 
 namespace mlxterp::sae_kernels {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "mlxterp/sae_kernels.hpp"
+#include "mlxterp/torch_compat.hpp"  // at::NoGradGuard on libtorch 2.x
 #include "mlxterp/sae_step.hpp"
 
 namespace mlxterp::cuda {
