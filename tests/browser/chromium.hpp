@@ -14,10 +14,10 @@
 #pragma once
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -33,6 +33,11 @@ inline const char* kNoChromium =
 inline std::string chromium() {
   if (const char* env = std::getenv("MLXTERP_CHROMIUM")) return file_exists(env) ? env : "";
   return file_exists("/usr/bin/chromium") ? "/usr/bin/chromium" : "";
+}
+
+inline std::string current_dir() {
+  char buf[4096];
+  return ::getcwd(buf, sizeof buf) ? std::string(buf) : std::string(".");
 }
 
 inline std::string shell_quote(const std::string& s) {
@@ -56,7 +61,7 @@ inline PageResult open_page(const std::string& html_path, const std::string& wor
   PageResult r;
   const std::string stem = join_path(work_dir, basename(html_path));
   const std::string dom = stem + ".dom", log = stem + ".log", png = stem + ".png", profile = stem + ".profile";
-  const std::string url = "file://" + (html_path[0] == '/' ? html_path : join_path(std::filesystem::current_path().string(), html_path));
+  const std::string url = "file://" + (html_path[0] == '/' ? html_path : join_path(current_dir(), html_path));
   std::string cmd = "timeout 120 " + shell_quote(chromium()) +
                     " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
                     " --disable-component-update --disable-sync --disable-default-apps --disable-extensions"
@@ -86,7 +91,7 @@ inline PageResult open_page(const std::string& html_path, const std::string& wor
       }
     }
   }
-  std::filesystem::remove_all(profile);
+  remove_tree(profile);
   return r;
 }
 
