@@ -138,8 +138,12 @@ struct SaeLossGrads {
   at::Tensor z;      // [N, d_sae] latents of the step
 };
 // `dead` [d_sae] bool: the dead mask used by AuxK / ghost grads (undefined = none dead).
+// TopK / BatchTopK (without ghost grads) take the hand-written sparse backward that the training step uses;
+// sae_loss_and_grads_autograd is the same loss through libtorch autograd (every architecture), for tests.
 SaeLossGrads sae_loss_and_grads(const SaeParams& p, const at::Tensor& x, const SaeStepArgs& a, bool tied,
                                 const at::Tensor& dead = {});
+SaeLossGrads sae_loss_and_grads_autograd(const SaeParams& p, const at::Tensor& x, const SaeStepArgs& a, bool tied,
+                                         const at::Tensor& dead = {});
 
 // ---- things the trainer does between steps ----
 // Adds this batch's positive pre-activations to st.calib_hist (log-spaced bins, see kSaeHist*).

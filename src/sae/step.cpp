@@ -6,6 +6,7 @@
 // JumpReLU and ReLU use dense autograd (their active sets are not bounded by k).
 #include <cmath>
 
+#include "cpu_kernels.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/sae_step.hpp"
 
@@ -38,8 +39,9 @@ at::Tensor encoder_pre_nograd(const at::Tensor& x, const at::Tensor& W_enc, cons
                               const at::Tensor& b_dec, at::ScalarType dt) {
   at::NoGradGuard ng;
   at::Tensor xc = x - b_dec;
-  if (dt == at::kFloat) return at::addmm(b_enc, xc, W_enc.t());
-  return at::matmul(xc.to(dt), W_enc.to(dt).t()).to(at::kFloat) + b_enc;
+  if (dt == x.scalar_type() || dt == at::kFloat) return at::addmm(b_enc, xc, W_enc.t());  // full precision
+  // Low-precision GEMM (bf16/f16 compute dtype), result back in the parameters' dtype.
+  return at::matmul(xc.to(dt), W_enc.to(dt).t()).to(x.scalar_type()) + b_enc;
 }
 
 // Pre-activations of the kept (row, col) pairs, with autograd: [M].
@@ -186,8 +188,185 @@ Forward forward_loss(const Leaves& l, const at::Tensor& x, const SaeStepArgs& a,
   return f;
 }
 
+// ---- TopK / BatchTopK without autograd ----
+// The same loss as forward_loss (MSE + auxk_coef·AuxK) with the gradients written out by hand, touching only
+// the kept (token, latent) pairs: the encoder GEMM is the only dense product. Used for the TopK family
+// unless ghost grads are on (those keep the autograd path). Checked against the autograd path, the PyTorch
+// goldens and finite differences (tests/unit/test_sae_step.cpp).
+struct SparseResult {
+  at::Tensor loss, mse, aux;   // 0-dim
+  at::Tensor x_hat;            // [N, D]
+  at::Tensor gW_enc, gb_enc, gW_dec, gb_dec;
+  at::Tensor fire_counts, l0_sum, l1_sum, kept_min, z_dense;
+};
+
+// Σ over pairs m of v_m·W[c_m] into row r_m: [N, D]. `rows` must be sorted (non-decreasing).
+at::Tensor decode_pairs(const at::Tensor& W, const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& v,
+                        int64_t N) {
+  if (cols.numel() == 0) return at::zeros({N, W.size(1)}, W.options());
+  at::Tensor counts = at::bincount(rows, {}, N);
+  at::Tensor offsets = counts.cumsum(0) - counts;
+  return std::get<0>(at::embedding_bag(W, cols, offsets, false, /*mode=sum*/ 0, false, v));
+}
+
+// Gradients of a decode of pairs (rows, cols, post = ReLU(pre_vals)) given G = dL/d(decoded) [N, D]:
+// accumulates into gW_dec, gW_enc, gb_enc and returns the per-latent encoder-gradient sums h [F] (for b_dec).
+void pairs_backward(const at::Tensor& G, const at::Tensor& xc, const at::Tensor& W_enc, const at::Tensor& W_dec,
+                    const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& pre_vals,
+                    const at::Tensor& post, at::Tensor& gW_enc, at::Tensor& gb_enc, at::Tensor& gW_dec) {
+  if (cols.numel() == 0) return;
+  at::Tensor Gr = G.index_select(0, rows);                                               // [M, D]
+  gW_dec.index_add_(0, cols, Gr * post.unsqueeze(1));
+  at::Tensor gv = (Gr * W_dec.index_select(0, cols)).sum(1) * (pre_vals > 0).to(G.scalar_type());  // [M]
+  gW_enc.index_add_(0, cols, xc.index_select(0, rows) * gv.unsqueeze(1));
+  gb_enc.index_add_(0, cols, gv);
+}
+
+SparseResult sparse_topk_loss_grads(const SaeParams& p, bool tied, const at::Tensor& x, const SaeStepArgs& a,
+                                    const at::Tensor& dead, bool want_z) {
+  at::NoGradGuard ng;
+  const int64_t N = x.size(0), F = p.W_enc.size(0);
+  const at::Tensor& W_enc = p.W_enc;
+  const at::Tensor& W_dec = tied ? p.W_enc : p.W_dec;
+  SparseResult o;
+  at::Tensor xc = x - p.b_dec;
+  at::Tensor pre = encoder_pre_nograd(x, W_enc, p.b_enc, p.b_dec, a.compute_dtype);  // [N, F]
+  const bool exact_pre = a.compute_dtype == x.scalar_type() || a.compute_dtype == at::kFloat;  // see encoder_pre_nograd
+  // Pre-activations of chosen pairs: read from the GEMM, or recomputed in full precision after a low-precision GEMM.
+  auto pair_pre = [&](const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& from_gemm) {
+    if (exact_pre) return from_gemm;
+    return (xc.index_select(0, rows) * W_enc.index_select(0, cols)).sum(1) + p.b_enc.index_select(0, cols);
+  };
+  // CPU: selection and backward as plain loops (cpu_kernels.cpp); elsewhere libtorch ops.
+  const bool cpu = sae_cpu::applicable(x) && sae_cpu::applicable(pre);
+  auto backward = [&](const at::Tensor& G, const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& pv,
+                      const at::Tensor& post) {
+    if (cpu)
+      sae_cpu::pairs_backward(G, xc, W_dec, {rows, cols, pv}, post, o.gW_enc, o.gb_enc, o.gW_dec);
+    else
+      pairs_backward(G, xc, W_enc, W_dec, rows, cols, pv, post, o.gW_enc, o.gb_enc, o.gW_dec);
+  };
+  at::Tensor rows, cols, pv;
+  if (a.arch == SaeArch::TopK) {
+    const int64_t k = std::min(a.k, F);
+    if (cpu) {
+      sae_cpu::Pairs sel = sae_cpu::topk_rows(pre, k);
+      rows = sel.rows;
+      cols = sel.cols;
+      pv = pair_pre(rows, cols, sel.vals);
+    } else {
+      auto [vals, idx] = pre.topk(k, 1);  // [N, k]
+      rows = at::arange(N, idx.options()).repeat_interleave(k);
+      cols = idx.reshape(-1);
+      pv = pair_pre(rows, cols, vals.reshape(-1));
+    }
+  } else {
+    const int64_t kn = std::min(a.k * N, N * F);
+    if (cpu) {
+      sae_cpu::Pairs sel = sae_cpu::topk_global_relu(pre, kn);  // row-major order
+      rows = sel.rows;
+      cols = sel.cols;
+      pv = pair_pre(rows, cols, sel.vals);
+    } else {
+      at::Tensor idx = std::get<1>(at::relu(pre).reshape(-1).topk(kn));
+      idx = std::get<0>(idx.sort());  // row-major order: deterministic sums, rows sorted for decode_pairs
+      rows = at::div(idx, F, "floor");
+      cols = idx - rows * F;
+      pv = pair_pre(rows, cols, pre.reshape(-1).index_select(0, idx));
+    }
+  }
+  at::Tensor v = at::relu(pv);
+  o.x_hat = decode_pairs(W_dec, rows, cols, v, N) + p.b_dec;
+  at::Tensor r = o.x_hat - x;
+  o.mse = r.pow(2).sum(1).mean();
+  o.loss = o.mse;
+  o.aux = at::zeros({}, x.options());
+  at::Tensor G = r * (2.0 / double(N));  // dL/dx̂
+  o.gW_enc = at::zeros_like(W_enc);
+  o.gb_enc = at::zeros_like(p.b_enc);
+  o.gW_dec = at::zeros_like(W_dec);
+  o.gb_dec = G.sum(0);
+  backward(G, rows, cols, pv, v);
+
+  // AuxK: the top k_aux dead latents per token reconstruct the (detached) residual, without b_dec.
+  if (dead.defined() && a.auxk_coef > 0) {
+    at::Tensor dead_idx, any_dead;
+    if (x.is_cpu()) {
+      dead_idx = dead.nonzero().reshape(-1);  // host-side is free on the CPU: skip the work when none are dead
+    } else {
+      dead_idx = at::arange(F, rows.options());
+      any_dead = dead.any().to(x.scalar_type());
+    }
+    const int64_t nd = dead_idx.size(0);
+    if (nd > 0) {
+      at::Tensor sub = pre.index_select(1, dead_idx);  // [N, nd]
+      if (!x.is_cpu()) sub = at::where(dead.unsqueeze(0), sub, at::full_like(sub, -INFINITY));
+      const int64_t ka = std::min(a.k_aux, nd);
+      at::Tensor arows, acols;
+      if (cpu) {
+        sae_cpu::Pairs sel = sae_cpu::topk_rows(at::relu(sub), ka);
+        arows = sel.rows;
+        acols = dead_idx.index_select(0, sel.cols);
+      } else {
+        at::Tensor aidx = std::get<1>(at::relu(sub).topk(ka, 1));  // [N, ka]
+        arows = at::arange(N, aidx.options()).repeat_interleave(ka);
+        acols = dead_idx.index_select(0, aidx.reshape(-1));
+      }
+      at::Tensor apre = exact_pre ? pre.reshape(-1).index_select(0, arows * F + acols) : pair_pre(arows, acols, {});
+      at::Tensor av = at::relu(apre);
+      if (!x.is_cpu()) av = av * dead.index_select(0, acols).to(av.scalar_type());  // live latents contribute nothing
+      at::Tensor e = -r;
+      at::Tensor e_hat = decode_pairs(W_dec, arows, acols, av, N);
+      at::Tensor diff = e - e_hat;
+      at::Tensor num = diff.pow(2).sum(1).mean();
+      at::Tensor den = (e - e.mean(0, true)).pow(2).sum(1).mean();
+      at::Tensor aux = num / den;
+      at::Tensor finite = at::isfinite(aux);
+      at::Tensor on = finite.to(aux.scalar_type());  // NaN -> 0 (no dead latent has anything to explain)
+      if (any_dead.defined()) on = on * any_dead;
+      o.aux = at::where(finite, aux, at::zeros_like(aux)) * on;
+      o.loss = o.loss + a.auxk_coef * o.aux;
+      // d(coef·num/den)/dê = -2·coef·(e - ê)/(N·den) (den is a constant: e is detached).
+      at::Tensor Ga = diff * (at::where(finite, -2.0 * a.auxk_coef / (double(N) * den), at::zeros_like(den)) * on);
+      backward(Ga, arows, acols, apre, av);
+    }
+  }
+  // pre = (x - b_dec)·W_encᵀ + b_enc, so dL/db_dec gets -Σ_i (dL/dpre_i)·W_enc[i] = -(Σ_t dL/dpre_t)·W_enc.
+  o.gb_dec = o.gb_dec - at::matmul(o.gb_enc.unsqueeze(0), W_enc).squeeze(0);
+  if (tied) {
+    o.gW_enc = o.gW_enc + o.gW_dec;
+    o.gW_dec = o.gW_enc;
+  }
+  at::Tensor fired = v > a.fire_threshold;
+  o.fire_counts = at::zeros({F}, rows.options()).index_add_(0, cols, fired.to(at::kLong));
+  o.l0_sum = fired.sum().to(at::kDouble);
+  o.l1_sum = v.abs().sum().to(at::kDouble);
+  if (a.arch == SaeArch::BatchTopK) o.kept_min = at::where(v > 0, v, at::full_like(v, INFINITY)).min().to(at::kDouble);
+  if (want_z) o.z_dense = at::zeros({N * F}, v.options()).index_put_({rows * F + cols}, v).view({N, F});
+  return o;
+}
+
+bool use_sparse_path(const SaeStepArgs& a) {
+  return (a.arch == SaeArch::TopK || a.arch == SaeArch::BatchTopK) && !a.ghost_grads;
+}
+
+// `ok` known on the host (CPU tensors: reading it costs nothing): in place, like torch.optim.Adam.
+void adam_update_inplace(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const SaeStepArgs& a,
+                         double bc1, double bc2, bool decay) {
+  m.mul_(a.beta1).add_(g, 1 - a.beta1);
+  v.mul_(a.beta2).addcmul_(g, g, 1 - a.beta2);
+  if (decay && a.weight_decay > 0) p.mul_(1 - a.lr * a.weight_decay);
+  at::Tensor denom = (v / bc2).sqrt_().add_(a.eps);
+  p.addcdiv_(m, denom, -a.lr / bc1);
+}
+
+// `ok` stays on the device (no synchronisation): compute, then select.
 void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& ok,
                  const SaeStepArgs& a, double bc1, double bc2, bool decay) {
+  if (p.is_cpu()) {
+    if (ok.item<bool>()) adam_update_inplace(p, g, m, v, a, bc1, bc2, decay);
+    return;
+  }
   at::Tensor m_new = m * a.beta1 + g * (1 - a.beta1);
   at::Tensor v_new = v * a.beta2 + g * g * (1 - a.beta2);
   at::Tensor p_new = decay && a.weight_decay > 0 ? p * (1 - a.lr * a.weight_decay) : p;
@@ -201,6 +380,24 @@ void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& 
 
 SaeLossGrads sae_loss_and_grads(const SaeParams& p, const at::Tensor& x, const SaeStepArgs& a, bool tied,
                                 const at::Tensor& dead) {
+  if (use_sparse_path(a)) {
+    SparseResult r = sparse_topk_loss_grads(p, tied, x, a, dead, /*want_z=*/true);
+    SaeLossGrads out;
+    out.loss = r.loss.item<double>();
+    out.mse = r.mse.item<double>();
+    out.aux = r.aux.item<double>();
+    out.grads.W_enc = r.gW_enc;
+    out.grads.b_enc = r.gb_enc;
+    out.grads.W_dec = r.gW_dec;
+    out.grads.b_dec = r.gb_dec;
+    out.z = r.z_dense;
+    return out;
+  }
+  return sae_loss_and_grads_autograd(p, x, a, tied, dead);
+}
+
+SaeLossGrads sae_loss_and_grads_autograd(const SaeParams& p, const at::Tensor& x, const SaeStepArgs& a, bool tied,
+                                         const at::Tensor& dead) {
   Leaves l = make_leaves(p, tied);
   Forward f = forward_loss(l, x, a, dead, /*want_z=*/true);
   f.loss.backward();
@@ -226,14 +423,35 @@ void sae_train_step_reference(SaeTrainState& st, const at::Tensor& x, const SaeS
   if ((a.auxk_coef > 0 && (a.arch == SaeArch::TopK || a.arch == SaeArch::BatchTopK)) || a.ghost_grads)
     dead = st.tokens_since_fired >= a.dead_window_tokens;
 
-  Leaves l = make_leaves(st.params, st.tied);
-  Forward f = forward_loss(l, x, a, dead, /*want_z=*/false);
-  f.loss.backward();
+  Forward f;
+  at::Tensor gW_enc, gb_enc, gb_dec, gW_dec, gth;
+  if (use_sparse_path(a)) {
+    SparseResult r = sparse_topk_loss_grads(st.params, st.tied, x, a, dead, /*want_z=*/false);
+    f.loss = r.loss;
+    f.mse = r.mse;
+    f.aux = r.aux;
+    f.ghost = f.sparsity = at::zeros({}, x.options());
+    f.x_hat = r.x_hat;
+    f.fire_counts = r.fire_counts;
+    f.l0_sum = r.l0_sum;
+    f.l1_sum = r.l1_sum;
+    f.kept_min = r.kept_min;
+    gW_enc = r.gW_enc;
+    gb_enc = r.gb_enc;
+    gb_dec = r.gb_dec;
+    gW_dec = st.tied ? gW_enc : r.gW_dec;
+  } else {
+    Leaves l = make_leaves(st.params, st.tied);
+    f = forward_loss(l, x, a, dead, /*want_z=*/false);
+    f.loss.backward();
+    gW_enc = grad_or_zeros(l.W_enc);
+    gb_enc = grad_or_zeros(l.b_enc);
+    gb_dec = grad_or_zeros(l.b_dec);
+    gW_dec = st.tied ? gW_enc : grad_or_zeros(l.W_dec);
+    if (l.threshold.defined()) gth = grad_or_zeros(l.threshold);
+  }
 
   at::NoGradGuard ng;
-  at::Tensor gW_enc = grad_or_zeros(l.W_enc), gb_enc = grad_or_zeros(l.b_enc), gb_dec = grad_or_zeros(l.b_dec);
-  at::Tensor gW_dec = st.tied ? gW_enc : grad_or_zeros(l.W_dec);
-  at::Tensor gth = l.threshold.defined() ? grad_or_zeros(l.threshold) : at::Tensor();
   at::Tensor& W_dec = st.tied ? st.params.W_enc : st.params.W_dec;
   if (a.decoder_unit_norm) {
     // Remove the component of each decoder row's gradient parallel to the row.
@@ -261,7 +479,13 @@ void sae_train_step_reference(SaeTrainState& st, const at::Tensor& x, const SaeS
   if (!st.tied) adam_update(st.params.W_dec, gW_dec, st.adam_m.W_dec, st.adam_v.W_dec, ok, a, bc1, bc2, true);
   adam_update(st.params.b_dec, gb_dec, st.adam_m.b_dec, st.adam_v.b_dec, ok, a, bc1, bc2, false);
   if (gth.defined()) adam_update(st.params.threshold, gth, st.adam_m.threshold, st.adam_v.threshold, ok, a, bc1, bc2, false);
-  if (a.decoder_unit_norm) W_dec.copy_(at::where(ok, W_dec / W_dec.norm(2, 1, true).clamp_min(1e-12), W_dec));
+  if (a.decoder_unit_norm) {
+    if (W_dec.is_cpu()) {
+      if (ok.item<bool>()) W_dec.div_(W_dec.norm(2, 1, true).clamp_min(1e-12));
+    } else {
+      W_dec.copy_(at::where(ok, W_dec / W_dec.norm(2, 1, true).clamp_min(1e-12), W_dec));
+    }
+  }
   st.bad_steps.add_((~ok).to(at::kLong));
 
   // Dead-latent counters and density window.
