@@ -14,11 +14,15 @@ activations with the same formulas:
 BatchTopK: top-(k*N) of ReLU(pre) over each batch; inference threshold = EMA (decay 0.99) of the batch's
 smallest kept activation (SAELens' rule); evaluated per token with that threshold (JumpReLU form).
 
-Timing: the mean wall time of one training step (forward, backward, projection, clipping, Adam, renorm) on
-this machine with --threads threads, after 20 warm-up steps.
+Data: either one cache and --validation-split (the last floor(n_docs * split) documents are held out, exactly as
+mlxterp's trainer splits a corpus or a cache), or separate --train-cache and --heldout-cache.
 
-Example (see bench/sae/compare_topk.sh for the whole protocol):
-  /usr/bin/python3 tests/reference/sae_topk_reference.py --train-cache C/train --heldout-cache C/heldout \\
+Timing: the mean wall time and the mean process CPU time (all threads) of one training step (forward,
+backward, projection, clipping, Adam, renorm) with --threads threads, after 20 warm-up steps. CPU time is the
+number to compare on a shared machine: other processes slow the wall clock, not the CPU time.
+
+Example (bench/sae/run_full.sh runs the whole protocol):
+  /usr/bin/python3 tests/reference/sae_topk_reference.py --cache C --validation-split 0.1 \\
       --site model.layers.2 --arch topk --k 32 --expansion 16 --batch 256 --epochs 4 --lr 1e-3 --warmup 100 \\
       --ours runs/topk --json out.json
 """
@@ -136,14 +140,14 @@ def train(x, args):
     total = n * args.epochs // args.batch
     tsf = torch.zeros(F, dtype=torch.long)
     threshold = None
-    step, t_steps, timed = 0, 0.0, 0
+    step, t_steps, c_steps, timed = 0, 0.0, 0.0, 0
     while step < total:
         perm = torch.randperm(n, generator=g)
         for b in range(0, n - args.batch + 1, args.batch):
             if step >= total:
                 break
             xb = x[perm[b:b + args.batch]]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, args.lr, args.warmup)
             z, kept_min = encode(p, xb, args.arch, args.k)
@@ -161,13 +165,16 @@ def train(x, args):
                 p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True)
             if step >= 20:
                 t_steps += time.perf_counter() - t0
+                c_steps += time.process_time() - c0
                 timed += 1
             fired = (z.detach() > 0).any(0)
             tsf = torch.where(fired, torch.zeros_like(tsf), tsf + args.batch)
             if args.arch == "batchtopk" and kept_min is not None:
                 threshold = kept_min if threshold is None else 0.99 * threshold + 0.01 * kept_min
             step += 1
-    return {k: v.detach() for k, v in p.items()}, tsf, threshold, (t_steps / timed if timed else float("nan")), total
+    timing = {"step_ms": 1e3 * t_steps / timed if timed else float("nan"),
+              "step_cpu_ms": 1e3 * c_steps / timed if timed else float("nan"), "timed_steps": timed}
+    return {k: v.detach() for k, v in p.items()}, tsf, threshold, timing, total
 
 
 @torch.no_grad()
@@ -196,8 +203,10 @@ def evaluate(p, x, docs, arch, k, threshold, per_sequence):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train-cache", required=True)
-    ap.add_argument("--heldout-cache", required=True)
+    ap.add_argument("--cache", help="one cache: train on the first documents, hold out the last --validation-split")
+    ap.add_argument("--validation-split", type=float, default=0.1)
+    ap.add_argument("--train-cache")
+    ap.add_argument("--heldout-cache")
     ap.add_argument("--site", required=True)
     ap.add_argument("--arch", choices=["topk", "batchtopk"], default="topk")
     ap.add_argument("--k", type=int, default=32)
@@ -213,14 +222,26 @@ def main():
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    x, _ = read_cache(args.train_cache, args.site)
-    xh, docs = read_cache(args.heldout_cache, args.site)
-    t0 = time.time()
-    p, tsf, threshold, step_s, total = train(x, args)
-    res = {"config": vars(args), "train_tokens": x.shape[0], "steps": total, "train_seconds": time.time() - t0,
-           "reference": {"step_ms": step_s * 1e3, "steps_per_s": 1.0 / step_s,
-                         "dead_frac_window": float((tsf >= args.dead_window).double().mean()),
-                         "threshold": threshold}}
+    if args.cache:
+        xa, da = read_cache(args.cache, args.site)
+        # Same split as mlxterp: documents in corpus order, the last floor(n * split) held out.
+        starts = torch.cat([torch.tensor([0]), torch.nonzero(da[1:] != da[:-1]).reshape(-1) + 1])
+        n_val = int(len(starts) * args.validation_split)
+        cut = int(starts[len(starts) - n_val]) if n_val > 0 else xa.shape[0]
+        x, xh, docs = xa[:cut], xa[cut:], da[cut:]
+    else:
+        if not (args.train_cache and args.heldout_cache):
+            raise SystemExit("give --cache, or both --train-cache and --heldout-cache")
+        x, _ = read_cache(args.train_cache, args.site)
+        xh, docs = read_cache(args.heldout_cache, args.site)
+    t0, c0 = time.time(), time.process_time()
+    p, tsf, threshold, timing, total = train(x, args)
+    res = {"config": vars(args), "train_tokens": x.shape[0], "heldout_tokens": xh.shape[0],
+           "heldout_documents": int((docs[1:] != docs[:-1]).sum()) + 1, "steps": total,
+           "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0,
+           "reference": dict(timing, steps_per_s=1e3 / timing["step_ms"], steps_per_cpu_s=1e3 / timing["step_cpu_ms"],
+                             dead_frac_window=float((tsf >= args.dead_window).double().mean()),
+                             threshold=threshold)}
     res["reference"].update(evaluate(p, xh, docs, args.arch, args.k, threshold, per_sequence=True))
     if args.ours:
         cfg, t = read_mlxterp_sae(args.ours)
