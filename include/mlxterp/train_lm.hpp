@@ -168,6 +168,9 @@ struct TrainLmOptions {
   std::string checkpoint_path;  // "" = <out_dir>/checkpoint.safetensors
   bool keep_checkpoint = false; // keep the checkpoint after a successful run
   bool resume = false;          // continue from checkpoint_path (must exist; options and data must match)
+  // Stop once this many steps are done (0 = run to `steps`), leaving a checkpoint to --resume from: for
+  // training in time slices. The result then has no final evaluation and out_dir holds the model so far.
+  int64_t stop_at_step = 0;
   std::string tokenizer_path;   // copied into out_dir (as tokenizer.model / tokenizer.json); "" = none
   at::ScalarType save_dtype = at::kBFloat16;  // dtype of model.safetensors
   at::Device device = at::kCPU;
@@ -190,6 +193,7 @@ struct LogRow {
 };
 
 struct TrainLmResult {
+  bool finished = false;  // false when stopped early by stop_at_step
   ModelConfig config;
   TensorMap weights;  // float32, final
   std::vector<LogRow> log;

@@ -100,6 +100,7 @@ void check_options(const TrainLmOptions& o) {
   MLXTERP_CHECK(o.eval_tokens >= 0, "--eval-tokens: must be >= 0, got ", o.eval_tokens);
   MLXTERP_CHECK(o.checkpoint_every >= 0, "--checkpoint-every: must be >= 0, got ", o.checkpoint_every);
   MLXTERP_CHECK(!o.out_dir.empty(), "--out: an output directory is required");
+  MLXTERP_CHECK(o.stop_at_step >= 0, "--stop-at-step: must be >= 0, got ", o.stop_at_step);
   MLXTERP_CHECK(o.save_dtype == at::kFloat || o.save_dtype == at::kBFloat16 || o.save_dtype == at::kHalf,
                 "--save-dtype: expected f32, bf16 or f16, got ", dtype_str(o.save_dtype));
   if (!o.tokenizer_path.empty())
@@ -220,11 +221,20 @@ TrainLmResult train_lm(const TrainLmOptions& o, const TokenStream& train, const 
                       : std::string()));
   say(quiet || start == 0, cat("train-lm: resuming at step ", start, " of ", o.steps, " from ", ckpt));
 
+  // Mean training loss since the last log row (kept in the checkpoint so a resumed log is identical).
+  double loss_sum = 0;
+  int64_t loss_n = 0;
+  if (o.resume) {
+    nlohmann::json m = nlohmann::json::parse(SafeTensors::open(ckpt).metadata().at("mlxterp.train_lm"));
+    loss_sum = m.value("loss_sum", 0.0);
+    loss_n = m.value("loss_n", int64_t(0));
+  }
   auto save_checkpoint = [&](int64_t step, double seconds) {
     TensorMap t;
     for (const auto& [name, p] : params) t["param." + name] = p.detach();
     for (auto& [k, v] : opt.state()) t[k] = v;
-    json m = {{"identity", identity}, {"step", step}, {"seconds", seconds}, {"log", log_to_json(res.log)}};
+    json m = {{"identity", identity}, {"step", step},           {"seconds", seconds},
+              {"log", log_to_json(res.log)}, {"loss_sum", loss_sum}, {"loss_n", loss_n}};
     save_safetensors(ckpt, t, {{"format", "pt"}, {"mlxterp.train_lm", m.dump()}});
   };
   auto run_eval = [&](int64_t step) -> double {
@@ -244,9 +254,9 @@ TrainLmResult train_lm(const TrainLmOptions& o, const TokenStream& train, const 
 
   Timer timer;
   Progress bar("Training", o.steps - start, stderr, quiet);
-  double loss_sum = 0, last_loss = NAN, last_eval = res.log.empty() ? NAN : res.log.back().eval_loss;
-  int64_t loss_n = 0;
-  for (int64_t step = start; step < o.steps; ++step) {
+  double last_loss = NAN, last_eval = res.log.empty() ? NAN : res.log.back().eval_loss;
+  const int64_t end = o.stop_at_step > 0 ? std::min(o.steps, o.stop_at_step) : o.steps;
+  for (int64_t step = start; step < end; ++step) {
     const double lr = cosine_lr(step, o.steps, o.warmup_steps, o.lr, o.min_lr);
     opt.zero_grad();
     double step_loss = 0;
@@ -293,9 +303,18 @@ TrainLmResult train_lm(const TrainLmOptions& o, const TokenStream& train, const 
   }
   bar.finish();
   res.seconds = prior_seconds + timer.seconds();
+  for (const auto& [name, p] : params) res.weights[name] = p.detach().to(at::kCPU).clone();
+  if (end < o.steps) {
+    if (start < end) {
+      save_checkpoint(end, res.seconds);
+      save_hf_model(o.out_dir, cfg, weights, o.save_dtype, o.tokenizer_path);
+    }
+    say(quiet, cat("train-lm: stopped at step ", end, " of ", o.steps, "; continue with --resume (checkpoint ", ckpt, ")"));
+    return res;
+  }
+  res.finished = true;
 
   // ---- outputs ----
-  for (const auto& [name, p] : params) res.weights[name] = p.detach().to(at::kCPU).clone();
   save_hf_model(o.out_dir, cfg, res.weights, o.save_dtype, o.tokenizer_path);
   if (eval) {
     // The held-out numbers of the model as saved (bf16/f16 rounding included).

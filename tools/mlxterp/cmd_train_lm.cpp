@@ -50,10 +50,10 @@ int run(Opts& o, const Globals& g) {
     eval = load_stream(o.eval_data, o.eval_data_ids, o, tok, d_vocab, false);
   lm::TrainLmResult r = lm::train_lm(t, train, eval ? &*eval : nullptr);
   // The result on stdout (messages and the progress bar went to stderr).
-  std::cout << "model: " << t.out_dir << "\n";
+  std::cout << "model: " << t.out_dir << (r.finished ? "" : " (stopped early: --resume to continue)") << "\n";
   std::cout << "parameters: " << r.n_params << "\n";
   if (!r.log.empty()) std::cout << "final train loss: " << r.log.back().train_loss << "\n";
-  if (eval) {
+  if (eval && r.finished) {
     std::cout << "held-out loss: " << r.final_eval.loss << " (perplexity " << r.final_eval.perplexity() << ", "
               << r.final_eval.tokens << " tokens)\n";
     std::cout << "unigram baseline: " << r.unigram.loss << " (perplexity " << r.unigram.perplexity() << ")\n";
@@ -109,6 +109,7 @@ const bool registered = register_command(
       app.add_option("--checkpoint", t.checkpoint_path, "Checkpoint file (default OUT/checkpoint.safetensors)");
       app.add_flag("--keep-checkpoint", t.keep_checkpoint, "Keep the checkpoint (with the final state) after the run");
       app.add_flag("--resume", t.resume, "Continue from the checkpoint (same options and data)");
+      app.add_option("--stop-at-step", t.stop_at_step, "Stop with a checkpoint once this many steps are done (train in slices)");
       app.add_option("--save-dtype", o->save_dtype, "dtype of model.safetensors: bf16 | f16 | f32")->capture_default_str();
       app.add_option("--sample-prompt", t.sample_prompt, "Show a greedy continuation of this prompt at every evaluation");
       return [o, &g] { return run(*o, g); };
