@@ -121,6 +121,7 @@ class Hooks {
   // Applies interventions then captures; returns the tensor the forward pass continues with.
   at::Tensor operator()(int site, at::Tensor x) {
     if (site < 0 || (site >= int(wanted_.size()))) return x;
+    if (done()) return x;  // past the stop site: the rest of the block runs unobserved
     if (wanted_[site]) x = apply(site, std::move(x));
     passed_ = std::max(passed_, site);
     return x;

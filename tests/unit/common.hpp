@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "mlxterp/error.hpp"
 #include "mlxterp/util.hpp"
 
 namespace mlxterp::test {

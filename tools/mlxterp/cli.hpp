@@ -20,6 +20,10 @@
 #include "mlxterp/error.hpp"
 #include "mlxterp/model.hpp"
 
+namespace mlxterp {
+class InterpretableModel;
+}
+
 namespace mlxterp::cli {
 
 // Options every subcommand accepts (CLI.md): --device, --dtype, --threads, --quiet.
@@ -45,5 +49,10 @@ LoadedModel load_model_for_cli(const std::string& model, const std::string& toke
 // Parses "1,2,3" into ids; throws mlxterp::Error naming the option.
 std::vector<int64_t> parse_id_list(const std::string& s, const std::string& option);
 std::vector<std::string> parse_name_list(const std::string& s);
+
+// Parses one `--intervene SPEC` (CLI.md): SITE=zero | SITE=scale:F | SITE=clamp:LO:HI |
+// SITE=noise:STD[:SEED] | SITE=add:FILE.safetensors[:TENSOR][*STRENGTH] | SITE=replace:FILE.safetensors[:TENSOR].
+// Returns (site name as written, intervention). Throws mlxterp::Error naming the spec.
+std::pair<std::string, InterventionFn> parse_intervention_cli(const std::string& spec, const InterpretableModel& m);
 
 }  // namespace mlxterp::cli

@@ -20,7 +20,13 @@ int run(const Opts& o, const Globals& g) {
   auto comps = m.components(o.layer);
   if (o.json) {
     nlohmann::ordered_json j = nlohmann::ordered_json::array();
-    for (const auto& c : comps) j.push_back({{"name", c.name}, {"shape", c.shape}, {"layer", c.layer}});
+    for (const auto& c : comps) {
+      nlohmann::ordered_json e;
+      e["name"] = c.name;
+      e["shape"] = c.shape;
+      e["layer"] = c.layer;
+      j.push_back(e);
+    }
     std::cout << j.dump(2) << "\n";
     return 0;
   }

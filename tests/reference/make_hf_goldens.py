@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Reference outputs from Hugging Face transformers for tiny random-weight models.
+
+For every architecture mlxterp supports, builds a tiny model (random weights scaled so activations are
+O(1)), saves it in HF layout (config.json written by transformers itself + model.safetensors) and saves
+what transformers computes for a fixed batch of token ids:
+
+  tests/golden/hf/<name>/config.json          as transformers 5.x writes it (rope_parameters)
+  tests/golden/hf/<name>/config_v4.json       the same config in the transformers 4.x form (rope_theta + rope_scaling)
+  tests/golden/hf/<name>/model.safetensors    fp32 weights
+  tests/golden/hf/<name>/reference.safetensors
+      input_ids [2, T] int64            the batch (random ids)
+      logits [2, T, V]                  fp32 eager forward
+      layer.{i} [2, T, d]               decoder layer outputs (residual stream after block i)
+      attn.{i}, mlp.{i} [2, T, d]       attention / MLP block outputs (first element when a tuple)
+      final_norm [2, T, d]              final norm output
+      attn_weights.{i} [2, H, T, T]     attention probabilities (eager, output_attentions)
+      router_logits.{i} [2*T, E]        MoE router logits (MoE models)
+      mask_input_ids / mask_attention_mask / mask_logits   a right-padded batch with its mask
+      generate_prompt [1, P], generate_ids [1, P + 8]        greedy HF generate (8 new tokens)
+      logits_bf16 [2, T, V]             the same forward in bfloat16 (weights cast)
+  tests/golden/hf/<name>/meta.json       versions, seed, notes
+
+Run (where torch + transformers exist; ~1 minute on CPU):
+    python3 tests/reference/make_hf_goldens.py --out tests/golden/hf
+Only some models:  --only llama,qwen3
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import traceback
+
+import torch
+
+T = 12           # sequence length (longer than the sliding windows below)
+VOCAB = 128
+SEED = 1234
+
+
+def base(**kw):
+    d = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+             rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+             pad_token_id=0)
+    d.update(kw)
+    return d
+
+
+def variants():
+    """name -> (config class name, kwargs)."""
+    v = {}
+    v["llama"] = ("LlamaConfig", base(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    v["llama3_rope"] = ("LlamaConfig", base(tie_word_embeddings=True, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16}))
+    v["mistral"] = ("MistralConfig", base(sliding_window=4, head_dim=8,
+                                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    v["qwen2"] = ("Qwen2Config", base(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))
+    v["qwen3"] = ("Qwen3Config", base(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))
+    v["gemma"] = ("GemmaConfig", base(head_dim=8, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    v["gemma2"] = ("Gemma2Config", base(head_dim=8, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                                        sliding_window=4, query_pre_attn_scalar=16, attn_logit_softcapping=5.0,
+                                        final_logit_softcapping=3.0,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    v["gemma3"] = ("Gemma3TextConfig", base(head_dim=8, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                                            sliding_window=4, query_pre_attn_scalar=16, num_hidden_layers=3,
+                                            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                            rope_parameters={
+                                                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}))
+    v["gpt2"] = ("GPT2Config", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                    bos_token_id=1, eos_token_id=2, activation_function="gelu_new"))
+    v["gpt_neox"] = ("GPTNeoXConfig", dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                           intermediate_size=64, max_position_embeddings=64, use_parallel_residual=True,
+                                           tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                                           rotary_pct=0.25, partial_rotary_factor=0.25,
+                                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                            "partial_rotary_factor": 0.25}))
+    v["gpt_neox_seq"] = ("GPTNeoXConfig", dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                               intermediate_size=64, max_position_embeddings=64, use_parallel_residual=False,
+                                               tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                                               rotary_pct=0.5, partial_rotary_factor=0.5,
+                                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                "partial_rotary_factor": 0.5}))
+    v["phi3"] = ("Phi3Config", base(original_max_position_embeddings=64,
+                                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    v["olmo2"] = ("Olmo2Config", base(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    v["mixtral"] = ("MixtralConfig", base(num_local_experts=4, num_experts_per_tok=2, head_dim=8,
+                                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))
+    v["qwen2_moe"] = ("Qwen2MoeConfig", base(moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                                             num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
+                                             mlp_only_layers=[], norm_topk_prob=False,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))
+    v["qwen3_moe"] = ("Qwen3MoeConfig", base(head_dim=8, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                             decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))
+    v["olmoe"] = ("OlmoeConfig", base(intermediate_size=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
+                                      num_key_value_heads=4,
+                                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    return v
+
+
+def make_config(cls_name, kw):
+    import transformers
+    cls = getattr(transformers, cls_name)
+    try:
+        return cls(**kw)
+    except TypeError:
+        # Older transformers (4.x): rope_parameters -> rope_theta / rope_scaling.
+        kw = dict(kw)
+        rp = kw.pop("rope_parameters", None)
+        if rp and "rope_type" in rp:
+            kw["rope_theta"] = rp.get("rope_theta", 10000.0)
+            if rp["rope_type"] != "default":
+                kw["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
+            if "partial_rotary_factor" in rp:
+                kw["rotary_pct"] = rp["partial_rotary_factor"]
+        return cls(**kw)
+
+
+def to_v4(cfg):
+    """The transformers 4.x form of a 5.x config dict: rope_parameters -> rope_theta + rope_scaling."""
+    c = dict(cfg)
+    rp = c.pop("rope_parameters", None)
+    if rp is None:
+        return c
+    if all(isinstance(v, dict) for v in rp.values()):   # per layer type (Gemma 3)
+        full = rp.get("full_attention", {})
+        slide = rp.get("sliding_attention", {})
+        c["rope_theta"] = full.get("rope_theta", 10000.0)
+        if full.get("rope_type", "default") != "default":
+            c["rope_scaling"] = {k: v for k, v in full.items() if k != "rope_theta"}
+        else:
+            c["rope_scaling"] = None
+        c["rope_local_base_freq"] = slide.get("rope_theta", 10000.0)
+        return c
+    c["rope_theta"] = rp.get("rope_theta", 10000.0)
+    if "partial_rotary_factor" in rp:
+        c["partial_rotary_factor"] = rp["partial_rotary_factor"]
+        if c.get("model_type") == "gpt_neox":
+            c["rotary_pct"] = rp["partial_rotary_factor"]
+    extra = {k: v for k, v in rp.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    c["rope_scaling"] = extra if extra.get("rope_type", "default") != "default" else None
+    return c
+
+
+def randomize(model, gen):
+    """Weights of O(1/sqrt(fan_in)) (HF's 0.02 init makes every activation tiny and every check trivial)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or "ln_f" in name:
+                if name.endswith("bias"):
+                    p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+                elif "gemma" in type(model).__name__.lower():
+                    p.copy_(0.1 * torch.randn(p.shape, generator=gen))   # Gemma scales by (1 + w)
+                else:
+                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.dim() == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                fan_in = p.shape[-1] if "wte" not in name and "wpe" not in name and "embed" not in name else 1
+                scale = 1.0 / math.sqrt(fan_in)
+                # GPT-2's Conv1D stores [in, out]: fan_in is the first dimension.
+                if type(p).__name__ and "c_" in name and "gpt2" in type(model).__name__.lower():
+                    scale = 1.0 / math.sqrt(p.shape[0])
+                p.copy_(scale * torch.randn(p.shape, generator=gen))
+
+
+def find_layers(model):
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers"):
+        obj = model
+        ok = True
+        for part in path.split("."):
+            if not hasattr(obj, part):
+                ok = False
+                break
+            obj = getattr(obj, part)
+        if ok:
+            return path, obj
+    raise RuntimeError("cannot find decoder layers")
+
+
+def first(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def capture(model, ids, mask=None):
+    """Forward with hooks on every layer, its attention and MLP, and the final norm."""
+    _, layers = find_layers(model)
+    store, handles = {}, []
+
+    def hook(key):
+        def fn(_m, _inp, out):
+            store[key] = first(out).detach().float().clone()
+        return fn
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(hook(f"layer.{i}")))
+        attn = next((getattr(layer, a) for a in ("self_attn", "attn", "attention") if hasattr(layer, a)), None)
+        mlp = next((getattr(layer, a) for a in ("mlp", "block_sparse_moe", "feed_forward") if hasattr(layer, a)), None)
+        if attn is not None:
+            handles.append(attn.register_forward_hook(hook(f"attn.{i}")))
+        if mlp is not None:
+            handles.append(mlp.register_forward_hook(hook(f"mlp.{i}")))
+            gate = getattr(mlp, "gate", None)
+            if isinstance(gate, torch.nn.Module) and getattr(mlp, "experts", None) is not None:
+                handles.append(gate.register_forward_hook(hook(f"router_logits.{i}")))
+    for norm_path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
+        obj = model
+        try:
+            for part in norm_path.split("."):
+                obj = getattr(obj, part)
+            handles.append(obj.register_forward_hook(hook("final_norm")))
+            break
+        except AttributeError:
+            continue
+    kwargs = dict(output_attentions=True, use_cache=False)
+    if mask is not None:
+        kwargs["attention_mask"] = mask
+    try:
+        out = model(ids, output_router_logits=True, **kwargs)
+    except TypeError:
+        out = model(ids, **kwargs)
+    for h in handles:
+        h.remove()
+    store["logits"] = out.logits.detach().float().clone()
+    if getattr(out, "attentions", None):
+        for i, a in enumerate(out.attentions):
+            if a is not None:
+                store[f"attn_weights.{i}"] = a.detach().float().clone()
+    rl = getattr(out, "router_logits", None)
+    if rl:
+        for i, r in enumerate(rl):
+            if r is not None:
+                store[f"router_logits.{i}"] = first(r).detach().float().clone()
+    return store
+
+
+def build(name, cls_name, kw, out_dir):
+    import transformers
+    from safetensors.torch import save_file
+    torch.manual_seed(SEED)
+    gen = torch.Generator().manual_seed(SEED)
+    cfg = make_config(cls_name, kw)
+    try:
+        model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    except TypeError:
+        model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", torch_dtype=torch.float32)
+    model.eval()
+    randomize(model, gen)
+    d = os.path.join(out_dir, name)
+    os.makedirs(d, exist_ok=True)
+    model.save_pretrained(d, safe_serialization=True)
+    for extra in ("generation_config.json",):
+        p = os.path.join(d, extra)
+        if os.path.exists(p):
+            os.remove(p)
+    with open(os.path.join(d, "config.json")) as f:
+        cfg_json = json.load(f)
+    with open(os.path.join(d, "config_v4.json"), "w") as f:
+        json.dump(to_v4(cfg_json), f, indent=2, sort_keys=True)
+
+    ids = torch.randint(3, VOCAB, (2, T), generator=gen)
+    ref = {"input_ids": ids}
+    with torch.no_grad():
+        ref.update(capture(model, ids))
+        mask_ids = ids.clone()
+        mask = torch.ones_like(ids)
+        mask[1, T - 3:] = 0
+        mask_ids[1, T - 3:] = 0
+        ref["mask_input_ids"] = mask_ids
+        ref["mask_attention_mask"] = mask
+        ref["mask_logits"] = model(mask_ids, attention_mask=mask, use_cache=False).logits.float()
+        prompt = ids[:1, :5]
+        gen_out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=8,
+                                 min_new_tokens=8, eos_token_id=None, pad_token_id=0)
+        ref["generate_prompt"] = prompt
+        ref["generate_ids"] = gen_out
+        mb = model.to(torch.bfloat16)
+        ref["logits_bf16"] = mb(ids, use_cache=False).logits.float()
+    ref = {k: v.detach().clone().contiguous() for k, v in ref.items()}
+    save_file(ref, os.path.join(d, "reference.safetensors"))
+    meta = {"name": name, "config_class": cls_name, "seed": SEED, "T": T,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "tensors": sorted(ref.keys()),
+            "command": "python3 tests/reference/make_hf_goldens.py --out tests/golden/hf"}
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    return sorted(ref.keys())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="tests/golden/hf")
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    only = set(x for x in a.only.split(",") if x)
+    failed = []
+    alternatives = {
+        # transformers versions that want Gemma 3's local base frequency as a flat field
+        "gemma3": lambda kw: {**{k: v for k, v in kw.items() if k != "rope_parameters"},
+                              "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+                              "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+    }
+    for name, (cls_name, kw) in variants().items():
+        if only and name not in only:
+            continue
+        tries = [kw] + ([alternatives[name](kw)] if name in alternatives else [])
+        for n_try, k in enumerate(tries):
+            try:
+                keys = build(name, cls_name, k, a.out)
+                print(f"ok   {name}: {len(keys)} tensors" + (" (alternative config)" if n_try else ""), flush=True)
+                break
+            except Exception:
+                print(f"FAIL {name} (try {n_try})", flush=True)
+                traceback.print_exc()
+        else:
+            failed.append(name)
+    print("failed:", failed)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+// Every tokenizer in ../shared/data against the reference implementations (HF tokenizers,
+// sentencepiece) on the strings of tests/golden/tokenizers/strings.json: the ids must be identical,
+// and decode(ids) must equal the reference's decode (which is the string itself wherever the
+// reference round-trips). Regenerate with tests/reference/make_tokenizer_goldens.py (see README).
+#include "common.hpp"
+#include "mlxterp/error.hpp"
+#include "mlxterp/tokenizer.hpp"
+
+using namespace mlxterp;
+using namespace mlxterp::test;
+
+namespace {
+
+std::string show(const std::string& s) { return nlohmann::json(s).dump(); }
+
+std::string show_ids(const std::vector<int32_t>& v) { return nlohmann::json(v).dump(); }
+
+const std::vector<std::string>& strings() {
+  static const std::vector<std::string> s =
+      nlohmann::json::parse(read_file(golden_path("tokenizers/strings.json"))).get<std::vector<std::string>>();
+  return s;
+}
+
+class TokenizerGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TokenizerGolden, IdsAndDecodeMatchReference) {
+  const auto golden = nlohmann::json::parse(read_file(golden_path("tokenizers/" + GetParam() + ".json")));
+  const std::string file = golden["tokenizer"].get<std::string>();
+  MLXTERP_REQUIRE_DATA(file);
+  auto tok = load_tokenizer(data_path(file));
+  const auto& strs = strings();
+  ASSERT_EQ(golden["ids"].size(), strs.size()) << "golden and strings.json disagree; regenerate both";
+  ASSERT_EQ(golden["n_strings"].get<size_t>(), strs.size());
+  size_t id_failures = 0, decode_failures = 0;
+  for (size_t i = 0; i < strs.size(); ++i) {
+    const auto expected = golden["ids"][i].get<std::vector<int32_t>>();
+    const auto got = tok->encode(strs[i], {.add_special = false});
+    if (got != expected) {
+      if (++id_failures <= 10)
+        ADD_FAILURE() << GetParam() << " string " << i << " " << show(strs[i]) << "\n  expected " << show_ids(expected)
+                      << "\n  got      " << show_ids(got);
+      continue;
+    }
+    const std::string key = std::to_string(i);
+    const std::string want = golden["decoded"].contains(key) ? golden["decoded"][key].get<std::string>() : strs[i];
+    const std::string dec = tok->decode(got);
+    if (dec != want && ++decode_failures <= 10)
+      ADD_FAILURE() << GetParam() << " decode of string " << i << " " << show(strs[i]) << "\n  expected " << show(want)
+                    << "\n  got      " << show(dec);
+  }
+  EXPECT_EQ(id_failures, 0u) << "strings whose ids differ from the reference";
+  EXPECT_EQ(decode_failures, 0u) << "strings whose decode differs from the reference";
+  if (!golden["with_special"].is_null()) {
+    const auto& ws = golden["with_special"];
+    EXPECT_EQ(tok->encode(ws["text"].get<std::string>()), ws["ids"].get<std::vector<int32_t>>())
+        << "the post-processor template (BOS...) differs from the reference";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Reference, TokenizerGolden,
+                         ::testing::Values("gpt2-json", "llama3-json", "llama2-json", "mistral-v1-json", "llama2-model",
+                                           "llama2-bin", "mistral-v1-model", "mistral-v3-model", "unigram-model",
+                                           "gguf-gpt2", "gguf-llama-spm", "gguf-phi3", "stories260K-json",
+                                           "stories260K-tok512", "stories260K-gguf"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (auto& c : s)
+                             if (!isalnum(uint8_t(c))) c = '_';
+                           return s;
+                         });
+
+TEST(TokenizerGolden, EnoughVariedStrings) {
+  const auto& s = strings();
+  EXPECT_GE(s.size(), 200u);
+  auto any = [&](auto pred) { return std::any_of(s.begin(), s.end(), pred); };
+  EXPECT_TRUE(any([](const std::string& x) { return x.find('\t') != std::string::npos; }));
+  EXPECT_TRUE(any([](const std::string& x) { return x.find("\n\n") != std::string::npos; }));
+  EXPECT_TRUE(any([](const std::string& x) { return x.find("   ") != std::string::npos; }));
+  EXPECT_TRUE(any([](const std::string& x) { return x.find("\xF0\x9F\x98\x80") != std::string::npos; }));  // emoji
+  EXPECT_TRUE(any([](const std::string& x) { return x.find("\xE4\xBD\xA0") != std::string::npos; }));      // CJK
+  EXPECT_TRUE(any([](const std::string& x) { return x.find("<|endoftext|>") != std::string::npos; }));
+  EXPECT_TRUE(any([](const std::string& x) { return x.size() >= 300; }));
+}
+
+}  // namespace
