@@ -309,7 +309,8 @@ TrainLmResult train_lm(const TrainLmOptions& o, const TokenStream& train, const 
       save_checkpoint(end, res.seconds);
       save_hf_model(o.out_dir, cfg, weights, o.save_dtype, o.tokenizer_path);
     }
-    say(quiet, cat("train-lm: stopped at step ", end, " of ", o.steps, "; continue with --resume (checkpoint ", ckpt, ")"));
+    say(quiet, cat("train-lm: stopped at step ", std::max(start, end), " of ", o.steps, "; continue with --resume (checkpoint ",
+                   ckpt, ")"));
     return res;
   }
   res.finished = true;
