@@ -4,10 +4,12 @@
 #                 book order; five books held out for evaluation (Ruth, Jonah, Lamentations, Philippians, James)
 #   2. tokenizer  a 4096-piece SentencePiece BPE model (byte fallback) trained on the training verses by
 #                 Debian's spm_train, single-threaded with a fixed seed
-#   3. model      `mlxterp train-lm`: a 4-layer Llama (d_model 256), AdamW + cosine schedule, on the CPU
+#   3. corpus     models/kjv-llama/demo_corpus.txt, the text `mlxterp demo` trains its SAE on: Genesis
+#                 and the five held-out books, one verse per line
+#   4. model      `mlxterp train-lm`: a 4-layer Llama (d_model 256), AdamW + cosine schedule, on the CPU
 #                 (one libtorch thread: with the cores shared, a second OpenMP thread mostly spin-waits)
 #
-# Usage: scripts/make_demo_model.sh [data|tokenizer|train|all]     (default: all)
+# Usage: scripts/make_demo_model.sh [data|tokenizer|corpus|train|all]     (default: all)
 # Environment: MLXTERP (the binary, default build/mlxterp), WORK (scratch, default build/kjv),
 #              OUT (default models/kjv-llama), THREADS (default 1), NICE (default 10),
 #              PRETOKENIZED=1 tokenizes with Python's sentencepiece into id files instead of passing the
@@ -49,6 +51,16 @@ stage_tokenizer() {
       2> tokenizer.log && md5sum tokenizer.model)
 }
 
+stage_corpus() {
+  mkdir -p "$OUT"
+  awk -v books="Ge $HELDOUT_BOOKS" '
+    BEGIN { n = split(books, b, " "); for (i = 1; i <= n; i++) rank[b[i]] = i }
+    { book = $1; sub(/[0-9]+:[0-9]+$/, "", book); if (!(book in rank)) next;
+      $1 = ""; sub(/^ /, ""); text[rank[book]] = text[rank[book]] $0 "\n" }
+    END { for (i = 1; i <= n; i++) printf "%s", text[i] }' "$WORK/kjv.txt" > "$OUT/demo_corpus.txt"
+  echo "corpus: $(wc -l < "$OUT/demo_corpus.txt") verses in $OUT/demo_corpus.txt"
+}
+
 stage_train() {
   local data_args resume=()
   if [ "${PRETOKENIZED:-0}" = 1 ]; then
@@ -82,7 +94,8 @@ EOF
 case "$STAGE" in
   data) stage_data ;;
   tokenizer) stage_tokenizer ;;
+  corpus) stage_corpus ;;
   train) stage_train ;;
-  all) stage_data; stage_tokenizer; stage_train ;;
-  *) echo "usage: $0 [data|tokenizer|train|all]" >&2; exit 2 ;;
+  all) stage_data; stage_tokenizer; stage_corpus; stage_train ;;
+  *) echo "usage: $0 [data|tokenizer|corpus|train|all]" >&2; exit 2 ;;
 esac

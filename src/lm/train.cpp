@@ -1,5 +1,7 @@
 // The train-lm loop: batches -> forward (our Llama) -> cross-entropy -> backward -> clip -> AdamW, with
 // periodic held-out evaluation, atomic checkpoints, exact resume, and an HF-layout model at the end.
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 
@@ -77,7 +79,8 @@ std::string log_to_csv(const std::vector<LogRow>& log) {
 // Prints a message line without breaking a progress bar drawn on a terminal.
 void say(bool quiet, const std::string& msg) {
   if (quiet) return;
-  std::fprintf(stderr, "\r\033[K%s\n", msg.c_str());
+  static const bool tty = isatty(fileno(stderr)) != 0;
+  std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", msg.c_str());
   std::fflush(stderr);
 }
 
@@ -246,7 +249,12 @@ TrainLmResult train_lm(const TrainLmOptions& o, const TokenStream& train, const 
       GenerateOptions g;
       g.max_tokens = 24;
       g.temperature = 0;
-      line += cat("  | ", o.sample_prompt, sampler->generate(o.sample_prompt, g).text);
+      // Decode prompt and continuation together: SentencePiece drops the leading space of a decoded piece
+      // sequence, so decoding the new tokens alone would glue them to the prompt ("saidunto").
+      GenerateResult r = sampler->generate(o.sample_prompt, g);
+      std::vector<int32_t> all = r.prompt_ids;
+      all.insert(all.end(), r.new_ids.begin(), r.new_ids.end());
+      line += cat("  | ", o.tokenizer->decode(all, /*skip_special=*/true));
     }
     say(quiet, line);
     return e.loss;
