@@ -31,6 +31,9 @@ struct RopeParams {
   // longrope (Phi-3)
   std::vector<double> short_factor, long_factor;
   double partial_rotary_factor = 1.0;  // fraction of d_head that is rotated (GPT-NeoX, Phi)
+  // Per-frequency divisors applied after the type's own scaling: inv_freq[i] /= freq_factors[i]
+  // (rot_dim / 2 entries; empty = none). llama.cpp stores Llama-3.1 scaling this way (`rope_freqs.weight`).
+  std::vector<double> freq_factors;
 };
 
 struct ModelConfig {

@@ -113,9 +113,16 @@ class GGUFFile {
 
   const std::string& path() const { return path_; }
   uint32_t version() const { return version_; }
+  // Byte offset of the data section in the file (tensor offsets are relative to it).
+  size_t data_offset() const { return data_offset_; }
   const std::map<std::string, GGUFValue>& metadata() const { return metadata_; }
   const std::vector<GGUFTensorInfo>& tensor_infos() const { return tensors_; }
   bool has(const std::string& key) const { return metadata_.count(key) != 0; }
+  // The info of a tensor by GGUF name, or nullptr if the file has no such tensor.
+  const GGUFTensorInfo* tensor_info(const std::string& name) const {
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &tensors_[it->second];
+  }
 
   // Typed metadata access; throws "<file>: metadata key 'k' is missing" / "has type X; expected Y".
   std::string get_string(const std::string& key) const;

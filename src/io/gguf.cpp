@@ -24,9 +24,10 @@ class Reader {
  public:
   Reader(const MappedFile& f) : f_(f) {}
   size_t pos() const { return pos_; }
+  size_t size() const { return f_.size(); }
   void need(size_t n, const char* what) {
     MLXTERP_CHECK(n <= f_.size() && pos_ <= f_.size() - n, f_.path(), ": truncated while reading ", what, " at byte ",
-                  pos_, "; expected ", n, " more bytes, the file has ", f_.size() - std::min(pos_, f_.size()),
+                  pos_, "; expected ", n, " more bytes, got ", f_.size() - std::min(pos_, f_.size()),
                   " (incomplete download?)");
   }
   template <class T>
@@ -66,28 +67,32 @@ GGUFValue read_value(Reader& r, uint32_t type, const std::string& key, const std
     case T_FLOAT64: out.v = r.read<double>("metadata"); break;
     case T_BOOL: {
       uint8_t b = r.read<uint8_t>("metadata");
-      MLXTERP_CHECK(b <= 1, path, ": metadata '", key, "': bool must be 0 or 1, got ", int(b));
+      MLXTERP_CHECK(b <= 1, path, ": metadata '", key, "' is a bad bool; expected 0 or 1, got ", int(b));
       out.v = b != 0;
       break;
     }
     case T_STRING: out.v = r.read_string("metadata string"); break;
     case T_ARRAY: {
-      MLXTERP_CHECK(depth < 4, path, ": metadata '", key, "': arrays nested too deeply");
+      MLXTERP_CHECK(depth < 4, path, ": metadata '", key, "': arrays nested too deeply; expected at most 4 levels");
       uint32_t et = r.read<uint32_t>("array type");
       uint64_t n = r.read<uint64_t>("array length");
-      MLXTERP_CHECK(et <= T_FLOAT64, path, ": metadata '", key, "': unknown array element type ", et,
-                    "; expected 0..12");
-      // Each element needs at least one byte: reject lengths the file cannot hold before allocating.
-      r.need(n, "array elements");
+      MLXTERP_CHECK(et <= T_FLOAT64, path, ": metadata '", key, "' has an unknown array element type; expected 0 .. 12, got ",
+                    et, " (corrupt file or a newer GGUF version?)");
+      // Reject lengths the file cannot hold before allocating (strings need 8 bytes each, arrays 12,
+      // scalars their size); grow the vector as elements are actually read.
+      static const uint64_t min_size[] = {1, 1, 2, 2, 4, 4, 4, 1, 8, 12, 8, 8, 8};
+      MLXTERP_CHECK(n <= (r.size() - r.pos()) / min_size[et], path, ": metadata '", key, "' claims ", n, " ",
+                    value_type_name(et), " elements; expected at most ", (r.size() - r.pos()) / min_size[et],
+                    " in the rest of the file (corrupt or truncated file?)");
       auto arr = std::make_shared<GGUFValue::Array>();
-      arr->reserve(n);
+      arr->reserve(std::min<uint64_t>(n, 1u << 16));
       for (uint64_t i = 0; i < n; ++i) arr->push_back(read_value(r, et, key, path, depth + 1));
       out.v = arr;
       break;
     }
     default:
-      MLXTERP_FAIL(path, ": metadata '", key, "' has unknown value type ", type,
-                   "; expected 0..12 (corrupt file or a newer GGUF version?)");
+      MLXTERP_FAIL(path, ": metadata '", key, "' has an unknown value type; expected 0 .. 12, got ", type,
+                   " (corrupt file or a newer GGUF version?)");
   }
   return out;
 }
@@ -101,68 +106,105 @@ GGUFFile GGUFFile::open(const std::string& path) {
   const MappedFile& f = *g.file_;
   Reader r(f);
   MLXTERP_CHECK(f.size() >= 4 && std::memcmp(f.data(), "GGUF", 4) == 0, path,
-                ": not a GGUF file; expected the magic 'GGUF' in the first 4 bytes");
+                ": not a GGUF file; expected the magic 'GGUF' in the first 4 bytes, got ",
+                quote(std::string(reinterpret_cast<const char*>(f.data()), std::min<size_t>(f.size(), 4))));
   r.read<uint32_t>("magic");
   g.version_ = r.read<uint32_t>("version");
   MLXTERP_CHECK(g.version_ != 1, path,
-                ": GGUF version 1 is not supported; expected version 2 or 3 (hint: re-convert the model with a "
+                ": GGUF version 1 is not supported; expected version 2 or 3, got 1 (hint: re-convert the model with a "
                 "current llama.cpp convert script)");
-  MLXTERP_CHECK(g.version_ == 2 || g.version_ == 3, path, ": unsupported GGUF version ", g.version_,
-                "; expected 2 or 3");
+  // A big-endian GGUF (s390x builds) reads as a huge little-endian version number.
+  MLXTERP_CHECK(g.version_ != 0x02000000u && g.version_ != 0x03000000u, path,
+                ": this GGUF is big-endian; expected a little-endian file, got version bytes ", g.version_ >> 24,
+                " in big-endian order (hint: use the little-endian build of the model)");
+  MLXTERP_CHECK(g.version_ == 2 || g.version_ == 3, path, ": unsupported GGUF version; expected 2 or 3, got ",
+                g.version_, " (a newer format, or a corrupt header?)");
   uint64_t n_tensors = r.read<uint64_t>("tensor count");
   uint64_t n_kv = r.read<uint64_t>("metadata count");
-  // Every kv pair and tensor info needs more than 8 bytes.
-  MLXTERP_CHECK(n_kv <= f.size() / 8 && n_tensors <= f.size() / 8, path, ": header claims ", n_kv,
-                " metadata entries and ", n_tensors, " tensors, more than a ", f.size(), "-byte file can hold (corrupt header)");
+  // Every metadata entry needs at least 13 bytes (key length, type, one payload byte) and every tensor
+  // info at least 28 (name length, n_dims, one dimension, type, offset): reject counts the file cannot hold
+  // before looping or allocating.
+  MLXTERP_CHECK(n_kv <= f.size() / 13, path, ": header claims ", n_kv, " metadata entries; expected at most ",
+                f.size() / 13, " in a ", f.size(), "-byte file (corrupt header or truncated download?)");
+  MLXTERP_CHECK(n_tensors <= f.size() / 28, path, ": header claims ", n_tensors, " tensors; expected at most ",
+                f.size() / 28, " in a ", f.size(), "-byte file (corrupt header or truncated download?)");
   for (uint64_t i = 0; i < n_kv; ++i) {
     std::string key = r.read_string("metadata key");
     uint32_t type = r.read<uint32_t>("metadata type");
-    g.metadata_[key] = read_value(r, type, key, path, 0);
+    GGUFValue v = read_value(r, type, key, path, 0);
+    MLXTERP_CHECK(g.metadata_.emplace(key, std::move(v)).second, path, ": metadata key '", key,
+                  "' appears twice; expected unique keys (corrupt file?)");
   }
   uint64_t alignment = 32;
   if (g.has("general.alignment")) {
-    alignment = uint64_t(g.get_int("general.alignment"));
-    MLXTERP_CHECK(alignment > 0 && (alignment & (alignment - 1)) == 0, path,
-                  ": general.alignment must be a power of two, got ", alignment);
+    const GGUFValue& a = g.metadata_.at("general.alignment");
+    MLXTERP_CHECK(std::holds_alternative<uint64_t>(a.v) || std::holds_alternative<int64_t>(a.v), path,
+                  ": general.alignment must be an integer; expected uint32, got ", value_type_name(a.type));
+    int64_t al = g.get_int("general.alignment");
+    MLXTERP_CHECK(al > 0 && al <= (1 << 24) && (al & (al - 1)) == 0, path,
+                  ": general.alignment must be a power of two; expected 1 .. 16777216, got ", al);
+    alignment = uint64_t(al);
   }
   for (uint64_t i = 0; i < n_tensors; ++i) {
     GGUFTensorInfo t;
     t.name = r.read_string("tensor name");
     uint32_t n_dims = r.read<uint32_t>("tensor dims");
-    MLXTERP_CHECK(n_dims >= 1 && n_dims <= 4, path, ": tensor '", t.name, "' has ", n_dims, " dimensions; expected 1..4");
+    MLXTERP_CHECK(n_dims >= 1 && n_dims <= 4, path, ": tensor '", t.name, "' has a bad rank; expected 1 .. 4 dimensions, got ",
+                  n_dims, " (corrupt tensor info?)");
     std::vector<int64_t> ne;
     uint64_t numel = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
       uint64_t n = r.read<uint64_t>("tensor shape");
       MLXTERP_CHECK(n > 0 && n < (1ull << 40) && numel <= (1ull << 50) / n, path, ": tensor '", t.name,
-                    "' has an invalid dimension ", n);
+                    "' has an invalid dimension; expected 1 .. 2^40 (and at most 2^50 elements in all), got ", n,
+                    " (corrupt tensor info?)");
       numel *= n;
       ne.push_back(int64_t(n));
     }
     t.shape.assign(ne.rbegin(), ne.rend());
     uint32_t type = r.read<uint32_t>("tensor type");
     t.type = GGMLType(type);
-    size_t block_elems = ggml_block_elems(t.type);  // throws for unknown types
+    size_t block_elems = 0;
+    try {
+      block_elems = ggml_block_elems(t.type);
+    } catch (const Error& e) {
+      std::string what = e.what();
+      if (starts_with(what, "GGUF: ")) what = what.substr(6);
+      MLXTERP_FAIL(path, ": tensor '", t.name, "': ", what);
+    }
     MLXTERP_CHECK(ne[0] % int64_t(block_elems) == 0, path, ": tensor '", t.name, "' of type ", ggml_type_name(t.type),
-                  " has a row of ", ne[0], " elements; expected a multiple of the block size ", block_elems);
+                  " has rows that do not fill whole blocks; expected a multiple of ", block_elems, " elements, got ",
+                  ne[0], " (corrupt tensor info?)");
     t.n_bytes = numel / block_elems * ggml_block_bytes(t.type);
     t.offset = r.read<uint64_t>("tensor offset");
-    MLXTERP_CHECK(t.offset % alignment == 0, path, ": tensor '", t.name, "' offset ", t.offset,
-                  " is not a multiple of the alignment ", alignment);
-    MLXTERP_CHECK(!g.index_.count(t.name), path, ": tensor '", t.name, "' appears twice");
+    MLXTERP_CHECK(t.offset % alignment == 0, path, ": tensor '", t.name, "' is misaligned; expected an offset that is a "
+                  "multiple of general.alignment = ", alignment, ", got ", t.offset, " (corrupt tensor info?)");
+    MLXTERP_CHECK(!g.index_.count(t.name), path, ": tensor '", t.name, "' appears twice; expected unique names");
     g.index_[t.name] = g.tensors_.size();
     g.tensors_.push_back(std::move(t));
   }
   size_t data = r.pos();
   data = (data + alignment - 1) / alignment * alignment;
   g.data_offset_ = data;
-  MLXTERP_CHECK(data <= f.size() || n_tensors == 0, path, ": data section starts at byte ", data,
-                " past the end of the ", f.size(), "-byte file (truncated file?)");
+  MLXTERP_CHECK(data <= f.size() || n_tensors == 0, path, ": data section starts past the end of the file; expected at "
+                "most ", f.size(), " bytes of header, got ", data, " (truncated file?)");
   const size_t data_size = f.size() > data ? f.size() - data : 0;
-  for (const auto& t : g.tensors_) {
+  std::vector<std::pair<uint64_t, size_t>> ranges;  // [offset, index]
+  for (size_t i = 0; i < g.tensors_.size(); ++i) {
+    const auto& t = g.tensors_[i];
     MLXTERP_CHECK(t.offset <= data_size && t.n_bytes <= data_size - t.offset, path, ": tensor '", t.name, "' (",
-                  ggml_type_name(t.type), " ", shape_str(t.shape), ") needs bytes [", t.offset, ", ",
-                  t.offset + t.n_bytes, ") of the data section, which has ", data_size, " bytes (truncated file?)");
+                  ggml_type_name(t.type), " ", shape_str(t.shape), ") runs past the end of the file; expected bytes [",
+                  t.offset, ", ", t.offset + t.n_bytes, ") of the data section, got a data section of ", data_size,
+                  " bytes (truncated file?)");
+    ranges.emplace_back(t.offset, i);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t k = 1; k < ranges.size(); ++k) {
+    const auto& prev = g.tensors_[ranges[k - 1].second];
+    const auto& cur = g.tensors_[ranges[k].second];
+    MLXTERP_CHECK(cur.offset >= prev.offset + prev.n_bytes, path, ": tensors '", prev.name, "' and '", cur.name,
+                  "' overlap; expected '", cur.name, "' to start at or after byte ", prev.offset + prev.n_bytes,
+                  " of the data section, got ", cur.offset, " (corrupt tensor infos)");
   }
   return g;
 }
@@ -350,7 +392,16 @@ struct Writer {
 }  // namespace
 
 void save_gguf(const std::string& path, const std::map<std::string, GGUFValue>& metadata, const TensorMap& tensors) {
-  constexpr uint64_t kAlign = 32;
+  // Honour a general.alignment given in the metadata (readers lay out the data section by it).
+  uint64_t align = 32;
+  if (auto it = metadata.find("general.alignment"); it != metadata.end()) {
+    int64_t a = -1;
+    if (auto p = std::get_if<uint64_t>(&it->second.v)) a = int64_t(*p);
+    if (auto p = std::get_if<int64_t>(&it->second.v)) a = *p;
+    MLXTERP_CHECK(a > 0 && a <= (1 << 24) && (a & (a - 1)) == 0, path,
+                  ": save_gguf: general.alignment must be a power of two; expected 1 .. 16777216, got ", a);
+    align = uint64_t(a);
+  }
   Writer w;
   w.buf += "GGUF";
   w.put<uint32_t>(3);
@@ -378,14 +429,14 @@ void save_gguf(const std::string& path, const std::map<std::string, GGUFValue>& 
     w.put<uint32_t>(uint32_t(type));
     w.put<uint64_t>(offset);
     uint64_t n = t.numel() * t.element_size();
-    offset += (n + kAlign - 1) / kAlign * kAlign;
+    offset += (n + align - 1) / align * align;
     blobs.push_back(t);
   }
-  while (w.buf.size() % kAlign) w.buf += '\0';
+  while (w.buf.size() % align) w.buf += '\0';
   for (const auto& t : blobs) {
     uint64_t n = t.numel() * t.element_size();
     w.buf.append(static_cast<const char*>(t.data_ptr()), n);
-    while (w.buf.size() % kAlign) w.buf += '\0';
+    while (w.buf.size() % align) w.buf += '\0';
   }
   write_file_atomic(path, w.buf);
 }

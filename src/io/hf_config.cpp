@@ -2,6 +2,8 @@
 //   4.x: rope_theta + rope_scaling {rope_type|type, factor, ...}
 //   5.x: rope_parameters {rope_type, rope_theta, factor, ...}, or per layer type
 //        {"full_attention": {...}, "sliding_attention": {...}} (Gemma 3).
+#include <cmath>
+
 #include "mlxterp/config.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/util.hpp"
@@ -14,7 +16,10 @@ int64_t json_int(const json& j, const char* key, int64_t fallback, const std::st
   if (!j.contains(key) || j[key].is_null()) return fallback;
   const auto& v = j[key];
   if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>()))) return int64_t(v.get<double>());
+  if (v.is_number_float()) {
+    const double x = v.get<double>();
+    if (std::abs(x) < 9.2e18 && x == std::trunc(x)) return int64_t(x);  // 64.0 is fine; 64.5 and 1e300 are not
+  }
   MLXTERP_FAIL(where, ": '", key, "' must be an integer, got ", v.dump());
 }
 
@@ -84,7 +89,8 @@ static RopeParams parse_rope_block(const json& b, RopeParams base, const std::st
 
 std::map<std::string, RopeParams> parse_rope(const json& j, const std::string& where) {
   RopeParams base;
-  base.theta = json_float(j, "rope_theta", 10000.0, where);
+  // GPT-NeoX / Pythia configs name the base `rotary_emb_base`.
+  base.theta = json_float(j, "rope_theta", json_float(j, "rotary_emb_base", 10000.0, where), where);
   base.partial_rotary_factor = json_float(j, "partial_rotary_factor", json_float(j, "rotary_pct", 1.0, where), where);
   std::map<std::string, RopeParams> out;
   if (j.contains("rope_parameters") && !j["rope_parameters"].is_null()) {
@@ -130,7 +136,7 @@ bool ModelConfig::is_sliding(int64_t i) const {
 
 void ModelConfig::validate(const std::string& where) const {
   auto pos = [&](const char* name, int64_t v) {
-    MLXTERP_CHECK(v > 0, where, ": ", name, " must be > 0, got ", v);
+    MLXTERP_CHECK(v > 0, where, ": ", name, " must be positive; expected > 0, got ", v);
   };
   pos("hidden_size", d_model);
   pos("num_hidden_layers", n_layers);
@@ -138,28 +144,56 @@ void ModelConfig::validate(const std::string& where) const {
   pos("num_key_value_heads", n_kv_heads);
   pos("head_dim", d_head);
   pos("vocab_size", d_vocab);
-  MLXTERP_CHECK(n_heads % n_kv_heads == 0, where, ": num_attention_heads (", n_heads,
-                ") must be a multiple of num_key_value_heads (", n_kv_heads, ")");
+  // Upper bounds far above any real model: absurd values (a corrupt or hand-edited config) must fail here,
+  // not as a huge allocation or a loop over a billion layers.
+  auto at_most = [&](const char* name, int64_t v, int64_t limit) {
+    MLXTERP_CHECK(v <= limit, where, ": ", name, " is implausibly large; expected at most ", limit, ", got ", v,
+                  " (corrupt config?)");
+  };
+  at_most("hidden_size", d_model, 1 << 20);
+  at_most("num_hidden_layers", n_layers, 1 << 14);
+  at_most("num_attention_heads", n_heads, 1 << 14);
+  at_most("head_dim", d_head, 1 << 16);
+  at_most("intermediate_size", d_mlp, 1 << 22);
+  at_most("vocab_size", d_vocab, 1 << 24);
+  MLXTERP_CHECK(n_heads % n_kv_heads == 0, where, ": num_attention_heads must be a multiple of num_key_value_heads; "
+                "expected a multiple of ", n_kv_heads, ", got ", n_heads, " (grouped-query attention shares each key/value "
+                "head among the same number of query heads)");
   MLXTERP_CHECK(int64_t(layer_types.size()) == n_layers, where, ": layer_types has ", layer_types.size(),
                 " entries; expected one per layer (", n_layers, ")");
-  if (sliding_window) MLXTERP_CHECK(*sliding_window > 0, where, ": sliding_window must be > 0, got ", *sliding_window);
+  if (sliding_window)
+    MLXTERP_CHECK(*sliding_window > 0, where, ": sliding_window must be positive; expected > 0, got ", *sliding_window);
+  MLXTERP_CHECK(std::isfinite(norm_eps) && norm_eps >= 0, where, ": the norm epsilon must be finite and >= 0; got ",
+                norm_eps);
+  for (const auto& [kind, r] : rope) {
+    MLXTERP_CHECK(std::isfinite(r.theta) && r.theta > 0, where, ": rope_theta", kind == "default" ? "" : " (" + kind + ")",
+                  " must be positive; expected > 0, got ", r.theta);
+    MLXTERP_CHECK(std::isfinite(r.factor) && r.factor > 0, where, ": rope scaling factor", kind == "default" ? "" : " (" + kind + ")",
+                  " must be positive; expected > 0, got ", r.factor);
+    MLXTERP_CHECK(r.partial_rotary_factor > 0 && r.partial_rotary_factor <= 1, where,
+                  ": partial_rotary_factor must be in (0, 1]; got ", r.partial_rotary_factor);
+  }
 }
 
 static int64_t first_id(const json& j, const char* key, const std::string& where) {
   if (!j.contains(key) || j[key].is_null()) return -1;
-  if (j[key].is_array()) return j[key].empty() ? -1 : j[key][0].get<int64_t>();
+  if (j[key].is_array()) {
+    if (j[key].empty()) return -1;
+    json first = {{key, j[key][0]}};
+    return json_int(first, key, -1, where);
+  }
   return json_int(j, key, -1, where);
 }
 
 ModelConfig parse_hf_config(const json& j, const std::string& where) {
-  MLXTERP_CHECK(j.is_object(), where, ": config must be a JSON object");
+  MLXTERP_CHECK(j.is_object(), where, ": config must be a JSON object; expected an object, got ", j.type_name());
   ModelConfig c;
   c.raw = j;
   c.model_type = json_string(j, "model_type", "", where);
   if (c.model_type.empty() && j.contains("architectures") && j["architectures"].is_array() &&
       !j["architectures"].empty()) {
-    std::string a = j["architectures"][0].get<std::string>();
-    if (a.find("Llama") != std::string::npos) c.model_type = "llama";
+    const json& a = j["architectures"][0];
+    if (a.is_string() && a.get<std::string>().find("Llama") != std::string::npos) c.model_type = "llama";
   }
   MLXTERP_CHECK(!c.model_type.empty(), where, ": no 'model_type'; expected e.g. \"llama\", \"qwen2\", \"mistral\"");
   // Some families nest the text model's config (Gemma 3 multimodal).

@@ -1,6 +1,7 @@
 // llama2.c checkpoints (.bin): the legacy v0 layout (7 int32 header, float32 weights, RoPE tables)
 // and the v1 "ak42" layout (256-byte header, float32). Weights are mapped to HF names, with Q/K rows
-// un-permuted from Meta's interleaved RoPE pairs to HF's rotate_half layout.
+// un-permuted from Meta's interleaved RoPE pairs to HF's rotate_half layout; the others stay views of the
+// memory-mapped file (read-only: clone before editing in place).
 #include "mlxterp/error.hpp"
 #include "mlxterp/model.hpp"
 
@@ -23,7 +24,7 @@ ModelFiles read_llama2c_model(const std::string& path) {
   auto file = MappedFile::open(path);
   const size_t size = file->size();
   MLXTERP_CHECK(size >= 28, path, ": too short for a llama2.c checkpoint; expected at least a 28-byte header, got ",
-                size, " bytes");
+                size, " bytes (truncated file?)");
   uint32_t magic;
   std::memcpy(&magic, file->data(), 4);
   Header h{};
@@ -33,10 +34,9 @@ ModelFiles read_llama2c_model(const std::string& path) {
   if (magic == 0x616b3432) {  // "ak42"
     int32_t v;
     std::memcpy(&v, file->data() + 4, 4);
-    MLXTERP_CHECK(v == 1, path, ": llama2.c checkpoint version ", v,
-                  " is not supported; expected the legacy format or version 1 (float32). Version 2 is int8-quantized "
-                  "(re-export with --version 1)");
-    MLXTERP_CHECK(size >= 256, path, ": truncated version-1 header");
+    MLXTERP_CHECK(v == 1, path, ": unsupported llama2.c checkpoint version; expected the legacy format or version 1 "
+                  "(float32), got ", v, v == 2 ? " (version 2 is int8-quantized: re-export with --version 1)" : "");
+    MLXTERP_CHECK(size >= 256, path, ": truncated version-1 header; expected at least 256 bytes, got ", size);
     std::memcpy(&h, file->data() + 8, sizeof h);
     shared = file->data()[8 + sizeof h] != 0;
     offset = 256;
@@ -48,8 +48,8 @@ ModelFiles read_llama2c_model(const std::string& path) {
     offset = sizeof h;
   }
   auto pos = [&](const char* name, int32_t v) {
-    MLXTERP_CHECK(v > 0 && v < (1 << 24), path, ": header field ", name, " = ", v,
-                  "; expected a positive size (not a llama2.c checkpoint?)");
+    MLXTERP_CHECK(v > 0 && v < (1 << 24), path, ": header field ", name, " is out of range; expected 1 .. 16777215, got ",
+                  v, " (not a llama2.c checkpoint?)");
   };
   pos("dim", h.dim);
   pos("hidden_dim", h.hidden_dim);
@@ -58,26 +58,33 @@ ModelFiles read_llama2c_model(const std::string& path) {
   pos("n_kv_heads", h.n_kv_heads);
   pos("vocab_size", h.vocab_size);
   pos("seq_len", h.seq_len);
-  MLXTERP_CHECK(h.dim % h.n_heads == 0 && h.n_heads % h.n_kv_heads == 0, path, ": dim (", h.dim, ") / n_heads (",
-                h.n_heads, ") / n_kv_heads (", h.n_kv_heads, ") are inconsistent");
+  MLXTERP_CHECK(h.dim % h.n_heads == 0 && h.n_heads % h.n_kv_heads == 0 && (h.dim / h.n_heads) % 2 == 0, path,
+                ": header sizes are inconsistent; expected dim divisible by n_heads into an even head size and n_heads "
+                "divisible by n_kv_heads, got dim=", h.dim, ", n_heads=", h.n_heads, ", n_kv_heads=", h.n_kv_heads,
+                " (not a llama2.c checkpoint?)");
   const int64_t d = h.dim, hd = h.dim / h.n_heads, L = h.n_layers, V = h.vocab_size, F = h.hidden_dim;
   const int64_t kv = h.n_kv_heads * hd;
-  int64_t n_floats = V * d + L * d * 2 + L * d * d * 2 + L * d * kv * 2 + L * d * F * 3 + d;
-  if (version == 0) n_floats += int64_t(h.seq_len) * hd;  // freq_cis real + imag
-  if (!shared) n_floats += V * d;
-  const size_t expect = offset + size_t(n_floats) * 4;
-  MLXTERP_CHECK(size == expect, path, ": file is ", size, " bytes; the header (dim=", d, ", hidden_dim=", F,
+  // In 128-bit arithmetic: header fields up to 2^24 make these products overflow 64 bits.
+  using u128 = unsigned __int128;
+  u128 n_floats = u128(V) * d + u128(L) * d * 2 + u128(L) * d * d * 2 + u128(L) * d * kv * 2 + u128(L) * d * F * 3 + d;
+  if (version == 0) n_floats += u128(h.seq_len) * hd;  // freq_cis real + imag
+  if (!shared) n_floats += u128(V) * d;
+  const u128 expect128 = offset + n_floats * 4;
+  const std::string expect_str = expect128 >> 63 ? std::string("more than 2^63") : std::to_string(uint64_t(expect128));
+  MLXTERP_CHECK(expect128 == u128(size), path, ": file size disagrees with its header (dim=", d, ", hidden_dim=", F,
                 ", n_layers=", L, ", n_heads=", h.n_heads, ", n_kv_heads=", h.n_kv_heads, ", vocab=", V,
-                ", seq_len=", h.seq_len, shared ? ", shared classifier" : ", separate classifier", ") implies ", expect,
-                " bytes (truncated or not a float32 llama2.c checkpoint?)");
+                ", seq_len=", h.seq_len, shared ? ", shared classifier" : ", separate classifier", "); expected ",
+                expect_str, " bytes, got ", size, " (truncated, or not a float32 llama2.c checkpoint?)");
 
+  // Weights are zero-copy views of the (read-only, 4-byte aligned) mapping, which they keep alive: loading
+  // costs no second copy of the file. Only the un-permuted Q/K are new tensors.
   const float* base = reinterpret_cast<const float*>(file->data() + offset);
+  MLXTERP_ASSERT(reinterpret_cast<uintptr_t>(base) % alignof(float) == 0);
   size_t cursor = 0;
   auto next = [&](std::vector<int64_t> shape) {
     int64_t n = 1;
     for (auto s : shape) n *= s;
-    at::Tensor t = at::empty(shape, at::kFloat);
-    std::memcpy(t.data_ptr<float>(), base + cursor, size_t(n) * 4);
+    at::Tensor t = at::from_blob(const_cast<float*>(base + cursor), shape, [file](void*) {}, at::kFloat);
     cursor += size_t(n);
     return t;
   };

@@ -15,6 +15,12 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool p
   return w * xf.to(x.scalar_type());
 }
 
+at::Tensor rms_norm_weight_f32(const at::Tensor& x, const at::Tensor& w, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  xf = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return (w.to(at::kFloat) * xf).to(x.scalar_type());
+}
+
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
   return at::layer_norm(x, {x.size(-1)}, w, b, eps);
 }
@@ -89,6 +95,11 @@ Rope make_rope(const RopeParams& p, int64_t d_head, int64_t n_ctx) {
     inv = inv / sf;
   }
   // "dynamic" is applied per sequence length in rope_cos_sin; "default" needs nothing.
+  if (!p.freq_factors.empty()) {
+    MLXTERP_CHECK(int64_t(p.freq_factors.size()) == dim / 2, "config: rope freq_factors has the wrong length; expected "
+                  "rotary_dim / 2 = ", dim / 2, " entries, got ", p.freq_factors.size());
+    inv = inv / at::tensor(std::vector<float>(p.freq_factors.begin(), p.freq_factors.end()));
+  }
   r.inv_freq = inv.contiguous();
   return r;
 }
@@ -161,6 +172,17 @@ at::Tensor attention_mask(int64_t batch, int64_t t, int64_t past, const at::Tens
     allowed = allowed.logical_or(q_pad.logical_and(diag));
   }
   return allowed;
+}
+
+MoeRouting moe_route(const at::Tensor& logits, int64_t k, bool normalize) {
+  MLXTERP_CHECK(k >= 1 && k <= logits.size(-1), "moe: num_experts_per_tok must be in 1 .. ", logits.size(-1), ", got ", k);
+  at::Tensor probs = at::softmax(logits.to(at::kFloat), -1);
+  auto [top, idx] = probs.topk(k, -1);  // [N, k]
+  if (normalize) top = top / top.sum(-1, /*keepdim=*/true);
+  MoeRouting r;
+  r.weights = at::zeros_like(probs).scatter(-1, idx, top);
+  r.chosen = idx;
+  return r;
 }
 
 at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {

@@ -15,6 +15,9 @@ namespace mlxterp::blocks {
 // RMSNorm as HF computes it: in float32, then cast back; `plus_one` is Gemma's (1 + w) scaling.
 //   x: [..., d], w: [d]
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool plus_one = false);
+// RMSNorm with the weight applied in float32 before the cast back (OLMo2's order; equal to rms_norm
+// in float32, differs by one rounding in bf16/f16).
+at::Tensor rms_norm_weight_f32(const at::Tensor& x, const at::Tensor& w, double eps);
 // LayerNorm with optional bias (GPT-2, NeoX).
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps);
 
@@ -64,6 +67,19 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
 // GQA: [b, n_kv, T, d] -> [b, n_kv * n_rep, T, d] (head h uses kv head h / n_rep).
 at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep);
+
+// Gemma 2 soft-capping: tanh(x / cap) * cap (in x's dtype).
+inline at::Tensor softcap(const at::Tensor& x, double cap) { return at::tanh(x / cap) * cap; }
+
+// ---- mixture of experts -------------------------------------------------------------------------
+
+// Top-k routing as Mixtral / Qwen-MoE / OLMoE: probabilities = softmax(router logits) in float32,
+// the k largest chosen per token, optionally renormalised to sum to 1.
+//   logits [N, E] -> weights [N, E] float32 (0 for experts not chosen), chosen [N, k] int64.
+struct MoeRouting {
+  at::Tensor weights, chosen;
+};
+MoeRouting moe_route(const at::Tensor& logits, int64_t k, bool normalize);
 
 // y = x W^T (+ b) with an undefined bias allowed.
 inline at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {

@@ -4,7 +4,11 @@
 
 namespace mlxterp {
 
-LlamaModel::LlamaModel(const ModelConfig& config, TensorMap weights) : Model(config, std::move(weights)) {
+LlamaModel::LlamaModel(const ModelConfig& config, TensorMap weights) : Model(config, std::move(weights)) { init(); }
+
+LlamaModel::LlamaModel(const ModelConfig& config, TensorMap weights, DeferInit) : Model(config, std::move(weights)) {}
+
+void LlamaModel::init() {
   build_sites();
   for (int64_t i = 0; i < config_.n_layers; ++i)
     ropes_.push_back(blocks::make_rope(config_.rope_for_layer(i), config_.d_head, config_.n_ctx));
@@ -100,8 +104,8 @@ void LlamaModel::add_layer_expected(int i, std::map<std::string, std::vector<int
     if (c.model_type == "llama" || c.model_type == "mistral") out[p + "self_attn.o_proj.bias"] = {c.d_model};
   }
   if (c.qk_norm) {
-    out[p + "self_attn.q_norm.weight"] = {c.d_head};
-    out[p + "self_attn.k_norm.weight"] = {c.d_head};
+    out[p + "self_attn.q_norm.weight"] = {qk_norm_full_width_ ? qd : c.d_head};
+    out[p + "self_attn.k_norm.weight"] = {qk_norm_full_width_ ? kvd : c.d_head};
   }
   out[p + "mlp.gate_proj.weight"] = {c.d_mlp, c.d_model};
   out[p + "mlp.up_proj.weight"] = {c.d_mlp, c.d_model};
@@ -154,8 +158,7 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const ForwardArgs& args, H
   if (config_.sliding_window)
     ctx.sliding_mask = blocks::attention_mask(ctx.batch, ctx.t, ctx.past, args.attention_mask, config_.sliding_window, dev);
 
-  at::Tensor x = embed(tok);  // [b, t, d_model]
-  x = H(embed_site_, x);
+  at::Tensor x = embed_block(tok, ctx, H);  // [b, t, d_model]
   if (H.done()) return {};
   for (int i = 0; i < config_.n_layers; ++i) {
     x = block(i, x, ctx, H);
@@ -182,7 +185,13 @@ at::Tensor LlamaModel::block(int i, at::Tensor x, Context& ctx, Hooks& H) {
   return H(s.out, x);
 }
 
+at::Tensor LlamaModel::embed_block(const at::Tensor& tok, Context&, Hooks& H) { return H(embed_site_, embed(tok)); }
+
 at::Tensor LlamaModel::attention_block(int i, const at::Tensor& h, Context& ctx, Hooks& H) {
+  return attend(i, qkv(i, h, ctx, H), ctx, H);
+}
+
+LlamaModel::QKV LlamaModel::qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H) {
   const LayerSites& s = ls_[i];
   const LayerWeights& w = lw_[i];
   const auto& c = config_;
@@ -190,21 +199,35 @@ at::Tensor LlamaModel::attention_block(int i, const at::Tensor& h, Context& ctx,
   at::Tensor q = H(s.q, blocks::linear(h, w.q, w.qb));  // [b, t, n_heads*d_head]
   at::Tensor k = H(s.k, blocks::linear(h, w.k, w.kb));  // [b, t, n_kv*d_head]
   at::Tensor v = H(s.v, blocks::linear(h, w.v, w.vb));
+  if (w.qn.defined() && qk_norm_full_width_) {
+    q = H(s.q_norm, norm(q, w.qn));  // [b, t, n_heads*d_head]
+    k = H(s.k_norm, norm(k, w.kn));
+  }
   q = q.view({b, t, c.n_heads, c.d_head});
   k = k.view({b, t, c.n_kv_heads, c.d_head});
   v = v.view({b, t, c.n_kv_heads, c.d_head});
-  if (w.qn.defined()) {
+  if (w.qn.defined() && !qk_norm_full_width_) {
     q = H(s.q_norm, norm(q, w.qn));  // [b, t, n_heads, d_head]
     k = H(s.k_norm, norm(k, w.kn));
   }
-  q = q.transpose(1, 2);  // [b, n_heads, t, d_head]
-  k = k.transpose(1, 2);  // [b, n_kv, t, d_head]
-  v = v.transpose(1, 2);
-  const std::string& kind = c.layer_types[i];
-  auto cs = ctx.cos_sin.find(kind);
-  if (cs == ctx.cos_sin.end()) cs = ctx.cos_sin.emplace(kind, blocks::rope_cos_sin(ropes_[i], ctx.positions)).first;
-  q = blocks::apply_rope(q, cs->second.first, cs->second.second);
-  k = blocks::apply_rope(k, cs->second.first, cs->second.second);
+  return {q, k, v};
+}
+
+at::Tensor LlamaModel::attend(int i, QKV p, Context& ctx, Hooks& H) {
+  const LayerSites& s = ls_[i];
+  const LayerWeights& w = lw_[i];
+  const auto& c = config_;
+  const int64_t b = ctx.batch, t = ctx.t;
+  at::Tensor q = p.q.transpose(1, 2);  // [b, n_heads, t, d_head]
+  at::Tensor k = p.k.transpose(1, 2);  // [b, n_kv, t, d_head]
+  at::Tensor v = p.v.transpose(1, 2);
+  if (!ropes_.empty()) {
+    const std::string& kind = c.layer_types[i];
+    auto cs = ctx.cos_sin.find(kind);
+    if (cs == ctx.cos_sin.end()) cs = ctx.cos_sin.emplace(kind, blocks::rope_cos_sin(ropes_[i], ctx.positions)).first;
+    q = blocks::apply_rope(q, cs->second.first, cs->second.second);
+    k = blocks::apply_rope(k, cs->second.first, cs->second.second);
+  }
   if (ctx.cache) {
     auto& ck = ctx.cache->k[i];
     auto& cv = ctx.cache->v[i];

@@ -27,6 +27,8 @@ class LlamaModel : public Model {
     int resid_pre = -1, input_norm = -1, q = -1, k = -1, v = -1, q_norm = -1, k_norm = -1, attn_weights = -1, z = -1,
         o = -1, attn = -1, resid_mid = -1, post_norm = -1, gate = -1, up = -1, hidden = -1, down = -1, mlp = -1,
         out = -1;
+    // Other families: fused projections (Phi-3, GPT-2, NeoX) and extra norms (Gemma 2/3, OLMo2).
+    int qkv = -1, gate_up = -1, attn_out_norm = -1, ff_pre_norm = -1, ff_post_norm = -1;
   };
   // Per-layer weight handles (undefined where absent), refreshed by bind().
   struct LayerWeights {
@@ -41,7 +43,13 @@ class LlamaModel : public Model {
     KVCache* cache = nullptr;
   };
 
-  void build_sites();
+  // For derived families: construct without building anything, then call init() at the end of the
+  // derived constructor (so the derived build_sites()/bind() are the ones that run).
+  struct DeferInit {};
+  LlamaModel(const ModelConfig& config, TensorMap weights, DeferInit);
+  void init();
+
+  virtual void build_sites();
   void bind() override;
   std::string layer_prefix(int i) const { return "model.layers." + std::to_string(i); }
 
@@ -49,13 +57,25 @@ class LlamaModel : public Model {
   virtual at::Tensor norm(const at::Tensor& x, const at::Tensor& w) const;
   virtual at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H);
   virtual at::Tensor attention_block(int i, const at::Tensor& h, Context& ctx, Hooks& H);
+  // The projections of attention_block: q [b, t, n_heads, d_head], k/v [b, t, n_kv_heads, d_head]
+  // (after any q/k norm), each through its site.
+  struct QKV {
+    at::Tensor q, k, v;
+  };
+  virtual QKV qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H);
+  // The rest of attention_block: RoPE (skipped when ropes_ is empty), KV cache, mask, attention
+  // (weights site), z, o_proj and the block's attention site.
+  at::Tensor attend(int i, QKV p, Context& ctx, Hooks& H);
+  // Embedding sites at the start of forward (GPT-2 adds learned positions here).
+  virtual at::Tensor embed_block(const at::Tensor& tok, Context& ctx, Hooks& H);
   virtual at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H);
   virtual blocks::AttentionOptions attention_options(int i) const;
   virtual void add_layer_expected(int i, std::map<std::string, std::vector<int64_t>>& out) const;
 
   std::vector<LayerSites> ls_;
   std::vector<LayerWeights> lw_;
-  std::vector<blocks::Rope> ropes_;  // per layer
+  std::vector<blocks::Rope> ropes_;  // per layer (empty: no rotary embedding)
+  bool qk_norm_full_width_ = false;   // OLMo2/OLMoE: q/k norm over the whole projection, before the head split
   at::Tensor embed_w_, norm_w_, head_w_;
   int embed_site_ = -1, norm_site_ = -1, head_site_ = -1;
 };

@@ -259,6 +259,11 @@ std::unique_ptr<Model> create_model(const ModelConfig& config, TensorMap weights
     else
       ++w;
   }
+  // Every layer has weights: a layer count above the number of tensors cannot match (and must not build
+  // millions of sites before the shape check below says so).
+  MLXTERP_CHECK(config.n_layers <= int64_t(weights.size()), "model: the config has ", config.n_layers,
+                " layers but the checkpoint only ", weights.size(), " tensors; expected at least one tensor per layer "
+                "(a config that disagrees with the weights?)");
   // Check the weights against what the architecture needs before anything runs.
   std::map<std::string, std::vector<int64_t>> have;
   for (const auto& [k, t] : weights) have[k] = t.sizes().vec();

@@ -1,0 +1,374 @@
+// GGUF -> HF config + HF-named weights for the non-Llama families (see gguf_arch.hpp). Tensor and
+// metadata names are llama.cpp's (gguf-py constants / llama-arch.cpp); where llama.cpp hard-codes a value
+// rather than storing it (Gemma 2/3 attention scale, Gemma 3 local RoPE base and layer pattern,
+// Qwen-MoE/OLMoE top-k renormalisation) we use its rule unless the file carries the newer key
+// (`attention.scale`, `rope.freq_base_swa`, `attention.sliding_window_pattern`, `expert_weights_norm`).
+#include "io/gguf_arch.hpp"
+
+#include <cmath>
+#include <functional>
+#include <set>
+
+#include "mlxterp/config.hpp"
+#include "mlxterp/error.hpp"
+
+namespace mlxterp {
+
+namespace {
+
+using nlohmann::json;
+
+const char* model_type_for(const std::string& arch) {
+  if (arch == "gemma") return "gemma";
+  if (arch == "gemma2") return "gemma2";
+  if (arch == "gemma3") return "gemma3_text";
+  if (arch == "phi3") return "phi3";
+  if (arch == "gpt2") return "gpt2";
+  if (arch == "gptneox") return "gpt_neox";
+  if (arch == "olmo2") return "olmo2";
+  if (arch == "qwen2moe") return "qwen2_moe";
+  if (arch == "qwen3moe") return "qwen3_moe";
+  if (arch == "olmoe") return "olmoe";
+  if (arch == "llama") return "mixtral";  // only with experts (see gguf_family_handles)
+  return nullptr;
+}
+
+// Inverse of llama.cpp's Q/K permutation for its interleaved RoPE: rows [head][pair][2] -> [head][2][pair].
+at::Tensor unpermute_qk(const at::Tensor& w, int64_t n_heads) {
+  std::vector<int64_t> shape = {n_heads, w.size(0) / n_heads / 2, 2};
+  for (int64_t d = 1; d < w.dim(); ++d) shape.push_back(w.size(d));
+  return w.reshape(shape).transpose(1, 2).reshape(w.sizes()).contiguous();
+}
+
+// Inverse of the GPT-NeoX converter: [q (all heads) | k | v] -> per head [q | k | v].
+at::Tensor neox_regroup(const at::Tensor& w, int64_t n_heads) {
+  const int64_t rows = w.size(0), hd = rows / 3 / n_heads;
+  std::vector<int64_t> shape = {3, n_heads, hd};
+  for (int64_t d = 1; d < w.dim(); ++d) shape.push_back(w.size(d));
+  return w.reshape(shape).transpose(0, 1).reshape(w.sizes()).contiguous();
+}
+
+struct Loader {
+  const GGUFFile& g;
+  std::string arch, p, path;
+  std::map<std::string, const GGUFTensorInfo*> infos;
+  std::set<std::string> used;
+  TensorMap weights;
+
+  bool has(const std::string& name) const { return infos.count(name) != 0; }
+  at::Tensor take(const std::string& name) {
+    used.insert(name);
+    return g.tensor(name);
+  }
+  // Moves `gname` to `hf` (through `fn`) if present.
+  bool move(const std::string& gname, const std::string& hf,
+            const std::function<at::Tensor(at::Tensor)>& fn = nullptr) {
+    if (!has(gname)) return false;
+    at::Tensor t = take(gname);
+    weights[hf] = fn ? fn(t) : t;
+    return true;
+  }
+  void require(const std::string& gname) const {
+    MLXTERP_CHECK(has(gname), path, ": missing tensor '", gname, "' for architecture ", arch);
+  }
+  int64_t i(const std::string& key, int64_t fb) const { return g.get_int(p + key, fb); }
+  double f(const std::string& key, double fb) const { return g.get_float(p + key, fb); }
+};
+
+std::string subst(std::string s, int64_t i) {
+  auto at = s.find("{i}");
+  if (at != std::string::npos) s.replace(at, 3, std::to_string(i));
+  return s;
+}
+
+// Sliding-window layer pattern: a bool/int array per layer (true = sliding), or an int period n
+// (layer i slides unless i % n == n - 1, llama.cpp's set_swa_pattern); otherwise `fallback_period`.
+std::vector<std::string> layer_types_from(const Loader& L, int64_t n_layers, int64_t fallback_period) {
+  std::vector<bool> sliding(n_layers);
+  const std::string key = L.p + "attention.sliding_window_pattern";
+  int64_t period = fallback_period;
+  bool explicit_list = false;
+  if (L.g.has(key)) {
+    const GGUFValue& v = L.g.metadata().at(key);
+    if (v.is_array()) {
+      const auto& arr = *std::get<std::shared_ptr<GGUFValue::Array>>(v.v);
+      MLXTERP_CHECK(int64_t(arr.size()) == n_layers, L.path, ": '", key, "' has ", arr.size(),
+                    " entries; expected one per layer (", n_layers, ")");
+      for (int64_t j = 0; j < n_layers; ++j) {
+        const GGUFValue& e = arr[j];
+        if (auto b = std::get_if<bool>(&e.v)) sliding[j] = *b;
+        else if (auto u = std::get_if<uint64_t>(&e.v)) sliding[j] = *u != 0;
+        else if (auto s = std::get_if<int64_t>(&e.v)) sliding[j] = *s != 0;
+        else MLXTERP_FAIL(L.path, ": '", key, "' must hold bools or integers");
+      }
+      explicit_list = true;
+    } else {
+      period = L.g.get_int(key);
+    }
+  }
+  if (!explicit_list)
+    for (int64_t j = 0; j < n_layers; ++j) sliding[j] = period > 0 && (j % period < period - 1);
+  std::vector<std::string> out;
+  for (bool s : sliding) out.push_back(s ? "sliding_attention" : "full_attention");
+  return out;
+}
+
+// Stacked experts [E, rows, cols] (or per-expert legacy tensors blk.i.ffn_x.{e}.weight) -> per-expert HF names.
+void move_experts(Loader& L, int64_t blk, int64_t n_experts, const std::string& gguf_part, const std::string& hf_tmpl) {
+  const std::string b = "blk." + std::to_string(blk) + ".";
+  const std::string stacked = b + gguf_part + "_exps.weight";
+  if (L.has(stacked)) {
+    at::Tensor t = L.take(stacked);
+    MLXTERP_CHECK(t.dim() == 3 && t.size(0) == n_experts, L.path, ": tensor '", stacked, "' has shape ",
+                  shape_str(t.sizes()), "; expected [", n_experts, ", rows, cols] (expert_count = ", n_experts, ")");
+    for (int64_t e = 0; e < n_experts; ++e) {
+      std::string hf = hf_tmpl;
+      hf.replace(hf.find("{e}"), 3, std::to_string(e));
+      L.weights[hf] = t.select(0, e);
+    }
+    return;
+  }
+  for (int64_t e = 0; e < n_experts; ++e) {
+    std::string hf = hf_tmpl;
+    hf.replace(hf.find("{e}"), 3, std::to_string(e));
+    const std::string legacy = b + gguf_part + "." + std::to_string(e) + ".weight";
+    MLXTERP_CHECK(L.has(legacy), L.path, ": missing tensor '", stacked, "' (or the older per-expert '", legacy,
+                  "') for architecture ", L.arch);
+    L.move(legacy, hf);
+  }
+}
+
+}  // namespace
+
+bool gguf_family_handles(const GGUFFile& g, const std::string& arch) {
+  if (arch == "llama") return g.get_int("llama.expert_count", 0) > 0;
+  return model_type_for(arch) != nullptr;
+}
+
+ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, const std::string& path) {
+  Loader L{g, arch, arch + ".", path, {}, {}, {}};
+  for (const auto& t : g.tensor_infos()) L.infos[t.name] = &t;
+  MLXTERP_CHECK(!L.infos.empty(), path, ": holds no tensors (a vocabulary-only GGUF? use it with --tokenizer)");
+  const std::string model_type = model_type_for(arch);
+  const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+  const bool moe = arch == "qwen2moe" || arch == "qwen3moe" || arch == "olmoe" || arch == "llama";
+  const bool layer_norm = arch == "gpt2" || arch == "gptneox";
+
+  // ---- config (as the HF config.json would say it) ----
+  json c = json::object();
+  c["model_type"] = model_type;
+  c["source"] = "gguf";
+  const int64_t d = g.get_int(L.p + "embedding_length"), n_layers = g.get_int(L.p + "block_count");
+  const int64_t n_heads = g.get_int(L.p + "attention.head_count");
+  c["hidden_size"] = d;
+  c["num_hidden_layers"] = n_layers;
+  c["num_attention_heads"] = n_heads;
+  c["num_key_value_heads"] = L.i("attention.head_count_kv", n_heads);
+  const int64_t head_dim = L.i("attention.key_length", n_heads > 0 ? d / n_heads : 0);
+  c["head_dim"] = head_dim;
+  if (g.has(L.p + "feed_forward_length")) c["intermediate_size"] = L.i("feed_forward_length", 0);
+  c["max_position_embeddings"] = L.i("context_length", 2048);
+  if (layer_norm) c["layer_norm_eps"] = L.f("attention.layer_norm_epsilon", 1e-5);
+  else c["rms_norm_eps"] = L.f("attention.layer_norm_rms_epsilon", 1e-6);
+  c["rope_theta"] = L.f("rope.freq_base", 10000.0);
+  if (g.has(L.p + "rope.scaling.type")) {
+    const std::string st = g.get_string(L.p + "rope.scaling.type");
+    if (st == "linear" || st == "yarn") {
+      json rs = {{"rope_type", st}, {"factor", L.f("rope.scaling.factor", 1.0)}};
+      if (g.has(L.p + "rope.scaling.original_context_length"))
+        rs["original_max_position_embeddings"] = L.i("rope.scaling.original_context_length", 0);
+      c["rope_scaling"] = rs;
+    } else {
+      MLXTERP_CHECK(st == "none", path, ": unsupported rope.scaling.type '", st, "'; expected none, linear or yarn");
+    }
+  }
+  if (g.has(L.p + "rope.dimension_count") && head_dim > 0)
+    c["partial_rotary_factor"] = double(L.i("rope.dimension_count", head_dim)) / double(head_dim);
+  if (g.has(L.p + "attention.sliding_window")) c["sliding_window"] = L.i("attention.sliding_window", 0);
+  c["bos_token_id"] = g.get_int("tokenizer.ggml.bos_token_id", -1);
+  c["eos_token_id"] = g.get_int("tokenizer.ggml.eos_token_id", -1);
+
+  if (gemma) {
+    c["hidden_activation"] = "gelu_pytorch_tanh";
+    if (arch != "gemma") {
+      // llama.cpp: 1/sqrt(d_model/n_heads) for the 27B models (46 / 62 layers), else 1/sqrt(head_dim).
+      const bool big = (arch == "gemma2" && n_layers == 46) || (arch == "gemma3" && n_layers == 62);
+      double scalar = big ? double(d / n_heads) : double(head_dim);
+      if (g.has(L.p + "attention.scale")) scalar = 1.0 / std::pow(L.f("attention.scale", 1.0), 2);
+      c["query_pre_attn_scalar"] = scalar;
+      for (const char* k : {"attn_logit_softcapping", "final_logit_softcapping"})
+        if (g.has(L.p + k)) c[k] = L.f(k, 0);
+      const int64_t period = arch == "gemma2" ? 2 : 6;
+      if (c.contains("sliding_window")) c["layer_types"] = layer_types_from(L, n_layers, period);
+      if (arch == "gemma3") {
+        json full = {{"rope_type", "default"}, {"rope_theta", L.f("rope.freq_base", 1000000.0)}};
+        if (c.contains("rope_scaling")) {
+          for (auto& [k, v] : c["rope_scaling"].items()) full[k] = v;
+          c.erase("rope_scaling");
+        }
+        json local = {{"rope_type", "default"}, {"rope_theta", L.f("rope.freq_base_swa", 10000.0)}};
+        c["rope_parameters"] = {{"full_attention", full}, {"sliding_attention", local}};
+        c.erase("rope_theta");
+      }
+    }
+  }
+  if (arch == "gpt2") {
+    c["activation_function"] = "gelu_new";
+    c["n_positions"] = L.i("context_length", 1024);
+  }
+  if (arch == "gptneox") {
+    c["hidden_act"] = "gelu";
+    c["use_parallel_residual"] = g.has(L.p + "use_parallel_residual") ? g.get_bool(L.p + "use_parallel_residual") : true;
+    c["rotary_pct"] = c.value("partial_rotary_factor", 1.0);
+  }
+  int64_t n_experts = 0;
+  if (moe) {
+    n_experts = L.i("expert_count", 0);
+    MLXTERP_CHECK(n_experts > 0, path, ": ", arch, " needs ", L.p, "expert_count > 0");
+    c[arch == "llama" ? "num_local_experts" : "num_experts"] = n_experts;
+    c["num_experts_per_tok"] = L.i("expert_used_count", 2);
+    const int64_t d_exp = L.i("expert_feed_forward_length", c.value("intermediate_size", int64_t(0)));
+    if (arch == "qwen2moe" || arch == "qwen3moe") {
+      c["moe_intermediate_size"] = d_exp;
+      if (!c.contains("intermediate_size")) c["intermediate_size"] = d_exp;
+    } else {
+      c["intermediate_size"] = d_exp;
+    }
+    if (arch == "qwen2moe") c["shared_expert_intermediate_size"] = L.i("expert_shared_feed_forward_length", 0);
+    // llama.cpp renormalises the top-k weights for Mixtral and Qwen3-MoE, not for Qwen2-MoE / OLMoE.
+    bool norm = arch == "llama" || arch == "qwen3moe";
+    if (g.has(L.p + "expert_weights_norm")) norm = g.get_bool(L.p + "expert_weights_norm");
+    c["norm_topk_prob"] = norm;
+  }
+
+  // ---- tensors ----
+  auto shift_norm = [&](at::Tensor t) { return gemma ? (t.to(at::kFloat) - 1.0) : t; };
+  L.require("token_embd.weight");
+  const std::string embed_hf = arch == "gpt2" ? "transformer.wte.weight"
+                               : arch == "gptneox" ? "gpt_neox.embed_in.weight"
+                                                   : "model.embed_tokens.weight";
+  const std::string norm_hf = arch == "gpt2" ? "transformer.ln_f" : arch == "gptneox" ? "gpt_neox.final_layer_norm" : "model.norm";
+  const std::string head_hf = arch == "gptneox" ? "embed_out.weight" : "lm_head.weight";
+  L.move("token_embd.weight", embed_hf);
+  const at::Tensor& emb = L.weights[embed_hf];
+  c["vocab_size"] = emb.size(0);
+  L.move("output_norm.weight", norm_hf + ".weight", shift_norm);
+  L.move("output_norm.bias", norm_hf + ".bias");
+  c["tie_word_embeddings"] = true;
+  if (L.has("output.weight")) {
+    at::Tensor head = L.take("output.weight");
+    // Converters that always write output.weight: a bit-identical copy of the embedding is a tied head.
+    if (!(head.sizes() == emb.sizes() && head.scalar_type() == emb.scalar_type() && at::equal(head, emb))) {
+      L.weights[head_hf] = head;
+      c["tie_word_embeddings"] = false;
+    }
+  }
+  if (arch == "gpt2") {
+    L.require("position_embd.weight");
+    L.move("position_embd.weight", "transformer.wpe.weight");
+  }
+
+  // Per-block rules: gguf suffix -> HF name template ({i} = block index).
+  std::vector<std::pair<std::string, std::string>> rules;
+  std::function<at::Tensor(const std::string&, at::Tensor)> transform = [&](const std::string& g_suffix, at::Tensor t) {
+    if (gemma && g_suffix.size() >= 11 && g_suffix.compare(g_suffix.size() - 11, 11, "norm.weight") == 0)
+      return shift_norm(t);
+    return t;
+  };
+  const int64_t n_kv = c["num_key_value_heads"].get<int64_t>();
+  if (arch == "gpt2") {
+    const std::string h = "transformer.h.{i}.";
+    rules = {{"attn_norm.weight", h + "ln_1.weight"},     {"attn_norm.bias", h + "ln_1.bias"},
+             {"attn_qkv.weight", h + "attn.c_attn.weight"}, {"attn_qkv.bias", h + "attn.c_attn.bias"},
+             {"attn_output.weight", h + "attn.c_proj.weight"}, {"attn_output.bias", h + "attn.c_proj.bias"},
+             {"ffn_norm.weight", h + "ln_2.weight"},      {"ffn_norm.bias", h + "ln_2.bias"},
+             {"ffn_up.weight", h + "mlp.c_fc.weight"},    {"ffn_up.bias", h + "mlp.c_fc.bias"},
+             {"ffn_down.weight", h + "mlp.c_proj.weight"}, {"ffn_down.bias", h + "mlp.c_proj.bias"}};
+    // The converter stores Conv1D weights transposed to the usual [out, in]; HF keeps [in, out].
+    transform = [](const std::string& s, at::Tensor t) { return (t.dim() == 2 && s.find(".weight") != std::string::npos) ? t.t() : t; };
+  } else if (arch == "gptneox") {
+    const std::string h = "gpt_neox.layers.{i}.";
+    rules = {{"attn_norm.weight", h + "input_layernorm.weight"},
+             {"attn_norm.bias", h + "input_layernorm.bias"},
+             {"attn_qkv.weight", h + "attention.query_key_value.weight"},
+             {"attn_qkv.bias", h + "attention.query_key_value.bias"},
+             {"attn_output.weight", h + "attention.dense.weight"},
+             {"attn_output.bias", h + "attention.dense.bias"},
+             {"ffn_norm.weight", h + "post_attention_layernorm.weight"},
+             {"ffn_norm.bias", h + "post_attention_layernorm.bias"},
+             {"ffn_up.weight", h + "mlp.dense_h_to_4h.weight"},
+             {"ffn_up.bias", h + "mlp.dense_h_to_4h.bias"},
+             {"ffn_down.weight", h + "mlp.dense_4h_to_h.weight"},
+             {"ffn_down.bias", h + "mlp.dense_4h_to_h.bias"}};
+    transform = [n_heads](const std::string& s, at::Tensor t) {
+      return s.rfind("attn_qkv.", 0) == 0 ? neox_regroup(t, n_heads) : t;
+    };
+  } else {
+    const std::string h = "model.layers.{i}.";
+    rules = {{"attn_norm.weight", h + "input_layernorm.weight"},
+             {"attn_q.weight", h + "self_attn.q_proj.weight"},
+             {"attn_k.weight", h + "self_attn.k_proj.weight"},
+             {"attn_v.weight", h + "self_attn.v_proj.weight"},
+             {"attn_qkv.weight", h + "self_attn.qkv_proj.weight"},
+             {"attn_output.weight", h + "self_attn.o_proj.weight"},
+             {"attn_q.bias", h + "self_attn.q_proj.bias"},
+             {"attn_k.bias", h + "self_attn.k_proj.bias"},
+             {"attn_v.bias", h + "self_attn.v_proj.bias"},
+             {"attn_output.bias", h + "self_attn.o_proj.bias"},
+             {"attn_q_norm.weight", h + "self_attn.q_norm.weight"},
+             {"attn_k_norm.weight", h + "self_attn.k_norm.weight"},
+             {"post_attention_norm.weight", h + "post_attention_layernorm.weight"},
+             {"post_ffw_norm.weight", h + "post_feedforward_layernorm.weight"},
+             {"ffn_gate.weight", h + "mlp.gate_proj.weight"},
+             {"ffn_down.weight", h + "mlp.down_proj.weight"}};
+    // Gemma 2/3 name their MLP-input norm ffn_norm too (HF: pre_feedforward_layernorm).
+    rules.push_back({"ffn_norm.weight", h + (arch == "gemma2" || arch == "gemma3" ? "pre_feedforward_layernorm.weight"
+                                                                                  : "post_attention_layernorm.weight")});
+    rules.push_back({"ffn_up.weight", h + (arch == "phi3" ? "mlp.gate_up_proj.weight" : "mlp.up_proj.weight")});
+    if (arch == "llama") {
+      transform = [n_heads, n_kv](const std::string& s, at::Tensor t) {
+        if (s == "attn_q.weight") return unpermute_qk(t, n_heads);
+        if (s == "attn_k.weight") return unpermute_qk(t, n_kv);
+        return t;
+      };
+    }
+  }
+  for (int64_t b = 0; b < n_layers; ++b) {
+    const std::string gb = "blk." + std::to_string(b) + ".";
+    for (const auto& [gs, hf] : rules) {
+      if (!L.has(gb + gs)) continue;
+      L.move(gb + gs, subst(hf, b), [&, gs = gs](at::Tensor t) { return transform(gs, t); });
+    }
+    if (L.weights.count(subst("model.layers.{i}.self_attn.q_proj.bias", b))) c["attention_bias"] = true;
+    if (moe) {
+      const std::string m = arch == "llama" ? "model.layers." + std::to_string(b) + ".block_sparse_moe."
+                                            : "model.layers." + std::to_string(b) + ".mlp.";
+      L.require(gb + "ffn_gate_inp.weight");
+      L.move(gb + "ffn_gate_inp.weight", m + "gate.weight");
+      const bool mixtral = arch == "llama";
+      move_experts(L, b, n_experts, "ffn_gate", m + "experts.{e}." + (mixtral ? "w1" : "gate_proj") + ".weight");
+      move_experts(L, b, n_experts, "ffn_up", m + "experts.{e}." + (mixtral ? "w3" : "up_proj") + ".weight");
+      move_experts(L, b, n_experts, "ffn_down", m + "experts.{e}." + (mixtral ? "w2" : "down_proj") + ".weight");
+      L.move(gb + "ffn_gate_shexp.weight", m + "shared_expert.gate_proj.weight");
+      L.move(gb + "ffn_up_shexp.weight", m + "shared_expert.up_proj.weight");
+      L.move(gb + "ffn_down_shexp.weight", m + "shared_expert.down_proj.weight");
+      // llama.cpp keeps the shared-expert gate as a vector [d_model]; HF's Linear weight is [1, d_model].
+      L.move(gb + "ffn_gate_inp_shexp.weight", m + "shared_expert_gate.weight",
+             [d](at::Tensor t) { return t.reshape({1, d}); });
+    }
+  }
+  if (arch == "qwen2moe" && !c.contains("attention_bias")) c["attention_bias"] = false;
+  for (const auto& t : g.tensor_infos()) {
+    if (t.name == "rope_freqs.weight" || t.name == "rope_factors_long.weight" || t.name == "rope_factors_short.weight")
+      MLXTERP_FAIL(path, ": RoPE frequency-factor tensor '", t.name, "' is not supported for ", arch, " yet");
+    MLXTERP_CHECK(L.used.count(t.name), path, ": unexpected tensor '", t.name, "' for architecture ", arch,
+                  " (a newer GGUF layout?)");
+  }
+  ModelFiles out;
+  out.config = parse_hf_config(c, path);
+  out.weights = std::move(L.weights);
+  out.tokenizer_path = path;  // the vocabulary lives in the metadata
+  return out;
+}
+
+}  // namespace mlxterp

@@ -1,0 +1,56 @@
+#include "models/family.hpp"
+
+namespace mlxterp {
+
+int FamilyModel::add_site(int i, const std::string& comp, bool on_request) {
+  if (i < 0) return sites_.add(comp, -1, "", on_request);
+  return sites_.add(layer_prefix(i) + (comp.empty() ? "" : "." + comp), i, comp, on_request);
+}
+
+void FamilyModel::add_attention_sites(int i, LayerSites& l, bool fused_qkv) {
+  if (fused_qkv) l.qkv = add_site(i, "self_attn.qkv_proj");
+  l.q = add_site(i, "self_attn.q_proj");
+  l.k = add_site(i, "self_attn.k_proj");
+  l.v = add_site(i, "self_attn.v_proj");
+  if (config_.qk_norm) {
+    l.q_norm = add_site(i, "self_attn.q_norm");
+    l.k_norm = add_site(i, "self_attn.k_norm");
+  }
+  l.attn_weights = add_site(i, "self_attn.attention_weights", /*on_request=*/true);
+  l.z = add_site(i, "self_attn.z");
+  l.o = add_site(i, "self_attn.o_proj");
+  l.attn = add_site(i, "self_attn");
+}
+
+void FamilyModel::add_mlp_sites(int i, LayerSites& l, Mlp kind) {
+  if (kind == Mlp::FusedGated) l.gate_up = add_site(i, "mlp.gate_up_proj");
+  if (kind != Mlp::Plain) l.gate = add_site(i, "mlp.gate_proj");
+  l.up = add_site(i, "mlp.up_proj");
+  l.hidden = add_site(i, "mlp.hidden");
+  l.down = add_site(i, "mlp.down_proj");
+  l.mlp = add_site(i, "mlp");
+}
+
+void FamilyModel::alias_blocks(const std::string& prefix,
+                               const std::vector<std::pair<std::string, std::string>>& map) {
+  for (int i = 0; i < config_.n_layers; ++i) {
+    const std::string canon = layer_prefix(i), native = prefix + std::to_string(i);
+    for (const auto& [from, to] : map) {
+      int id = sites_.find(to.empty() ? canon : canon + "." + to);
+      if (id >= 0) sites_.add_alias(from.empty() ? native : native + "." + from, id);
+    }
+  }
+}
+
+const nlohmann::json& FamilyModel::text_config() const {
+  const nlohmann::json& raw = config_.raw;
+  if (raw.is_object() && raw.contains("text_config") && raw["text_config"].is_object()) return raw["text_config"];
+  return raw;
+}
+
+at::Tensor FamilyModel::opt_weight(const std::string& name) const {
+  auto it = weights_.find(name);
+  return it == weights_.end() ? at::Tensor() : it->second;
+}
+
+}  // namespace mlxterp

@@ -1,0 +1,48 @@
+// Shared scaffolding for the decoder families that derive from LlamaModel (Gemma, GPT-2, GPT-NeoX,
+// Phi-3, OLMo2, MoE): site-building helpers that keep one execution order and one naming scheme for
+// the same concepts, native-path aliases, and access to architecture extras in the config.
+//
+//   class MyModel : public FamilyModel {
+//     MyModel(const ModelConfig& c, TensorMap w) : FamilyModel(c, std::move(w)) { init(); }
+//     void build_sites() override {
+//       embed_site_ = add_site(-1, "model.embed_tokens");
+//       for (int i = 0; i < n; ++i) { ...; add_attention_sites(i, ls_[i], /*fused_qkv=*/false); ... }
+//       alias_blocks("transformer.h.", {{"attn", "self_attn"}, ...});
+//       sites_.add_standard_aliases(n);
+//     }
+//   };
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "models/llama.hpp"
+
+namespace mlxterp {
+
+class FamilyModel : public LlamaModel {
+ protected:
+  FamilyModel(const ModelConfig& config, TensorMap weights) : LlamaModel(config, std::move(weights), DeferInit{}) {}
+
+  // Adds "model.layers.{i}.<comp>" (i >= 0; comp "" = the block itself) or, for i == -1, `comp` as a
+  // global site name.
+  int add_site(int i, const std::string& comp, bool on_request = false);
+  // Attention sites in execution order: [self_attn.qkv_proj], self_attn.{q,k,v}_proj,
+  // [self_attn.{q,k}_norm when config_.qk_norm], self_attn.attention_weights (on request),
+  // self_attn.z, self_attn.o_proj, self_attn.
+  void add_attention_sites(int i, LayerSites& l, bool fused_qkv);
+  enum class Mlp { Gated, FusedGated, Plain };
+  // MLP sites: Gated mlp.{gate,up}_proj, FusedGated mlp.gate_up_proj + the split halves, Plain
+  // mlp.up_proj (fc_in); then mlp.hidden (down_proj input), mlp.down_proj, mlp.
+  void add_mlp_sites(int i, LayerSites& l, Mlp kind);
+  // For each block i and each (native suffix, canonical component) pair, aliases
+  // "<prefix><i>[.<native>]" to the canonical "model.layers.<i>[.<component>]" where that site exists.
+  void alias_blocks(const std::string& prefix, const std::vector<std::pair<std::string, std::string>>& map);
+  // The config object holding the text model's fields (raw, or raw["text_config"]).
+  const nlohmann::json& text_config() const;
+  // An optional weight (undefined if absent).
+  at::Tensor opt_weight(const std::string& name) const;
+};
+
+}  // namespace mlxterp
