@@ -8,10 +8,12 @@ documents as one stream (BOS + pieces + EOS per verse), cut into windows of n_ct
 (every token but the first is a target, each window starts from no context). The unigram baseline uses the
 training text's token counts with add-one smoothing.
 
-    /usr/bin/python3 tests/reference/kjv_heldout_reference.py models/kjv-llama build/kjv
-    (build/kjv = scripts/make_demo_model.sh's WORK directory: train.txt, heldout.txt)
+    /usr/bin/python3 tests/reference/kjv_heldout_reference.py models/kjv-llama build/kjv tests/golden/kjv/reference.json
+    (build/kjv = scripts/make_demo_model.sh's WORK directory: train.txt, heldout.txt; the third argument,
+    optional, writes the numbers as the golden that tests/unit/test_demo_model.cpp checks)
 
-Prints both losses and perplexities; compare with models/kjv-llama/training_summary.json.
+Prints both losses and perplexities (compare with models/kjv-llama/training_summary.json) and the greedy
+continuation of "And God said" (ids and text; tests/unit/test_demo_model.cpp expects the same).
 """
 import json
 import math
@@ -106,8 +108,20 @@ def main():
     logq = (counts / counts.sum()).log()
     targets = [held[s + j] for s in range(0, len(held) - 1, n_ctx) for j in range(1, min(n_ctx + 1, len(held) - s))]
     uni = -logq[torch.tensor(targets)].sum().item() / len(targets)
-    print(json.dumps({"heldout_tokens": len(held), "targets": n, "model_loss": nll / n,
-                      "model_perplexity": math.exp(nll / n), "unigram_loss": uni, "unigram_perplexity": math.exp(uni)}))
+    ids = [sp.bos_id()] + sp.encode("And God said")
+    with torch.no_grad():
+        for _ in range(40):  # greedy, no KV cache: the whole sequence each step
+            ids.append(int(forward(W, cfg, torch.tensor([ids]))[0, -1].argmax()))
+            if ids[-1] == sp.eos_id():
+                break
+    out = {"heldout_tokens": len(held), "targets": n, "model_loss": nll / n,
+           "model_perplexity": math.exp(nll / n), "unigram_loss": uni, "unigram_perplexity": math.exp(uni),
+           "greedy_prompt": "And God said", "greedy_ids": ids, "greedy_text": sp.decode(ids)}
+    print(json.dumps(out))
+    if len(sys.argv) > 3:
+        with open(sys.argv[3], "w") as f:
+            json.dump(out, f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":
