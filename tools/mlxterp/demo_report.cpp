@@ -43,7 +43,6 @@ std::string shaded_tokens(const Context& c) {
 Report::Report(const std::string& model_path, const InterpretableModel& m) : page_("mlxterp demo — " + basename(model_path)) {
   const ModelConfig& c = m.model().config();
   page_.style(kStyle);
-  page_.heading("mlxterp demo", 1);
   page_.paragraph("Model: " + model_path + " (" + c.model_type + ", " + std::to_string(c.n_layers) + " layers, d_model " +
                   std::to_string(c.d_model) + ", " + std::to_string(c.n_heads) + " heads, vocabulary " +
                   std::to_string(c.d_vocab) + ", " + human_count(int64_t(m.model().n_params())) + " parameters).");
