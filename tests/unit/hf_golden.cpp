@@ -64,9 +64,10 @@ void check_forward(const std::string& name, const std::string& config_file) {
   }
   const double e_norm = expect_close(h.captured(S.resolve("model.norm")), g.ref.at("final_norm"), 1e-4, tag + " final norm");
   const double e_logits = expect_close(logits, g.ref.at("logits"), 1e-4, tag + " logits");
+  char router[48] = "";
+  if (e_router >= 0) std::snprintf(router, sizeof router, ", router logits %.1e", e_router);
   std::printf("[ info ] %s max abs error: layers %.1e, attn %.1e, mlp %.1e, attention weights %.1e, final norm %.1e, "
-              "logits %.1e%s\n", tag.c_str(), e_layer, e_attn, e_mlp, e_w, e_norm, e_logits,
-              e_router >= 0 ? (", router logits " + std::to_string(e_router)).c_str() : "");
+              "logits %.1e%s\n", tag.c_str(), e_layer, e_attn, e_mlp, e_w, e_norm, e_logits, router);
 }
 
 void check_padded(const std::string& name) {
