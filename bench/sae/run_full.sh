@@ -4,7 +4,7 @@
 # held out. Re-runnable (finished steps are skipped); writes everything under $OUT and $OUT/summary.json.
 #
 #   bench/sae/run_full.sh                       # build/mlxterp, /work/shared/data, OUT=/tmp/mlxterp_sae_full
-#   OUT=/tmp/x EPOCHS=2 THREADS=2 bench/sae/run_full.sh
+#   OUT=/tmp/x EPOCHS=2 THREADS=1 bench/sae/run_full.sh
 #
 # Steps:
 #  1. `mlxterp cache` of model.layers.2 over the whole subset (float32).
@@ -32,7 +32,7 @@ OUT=${OUT:-/tmp/mlxterp_sae_full}
 EPOCHS=${EPOCHS:-4}
 STREAM_EPOCHS=${STREAM_EPOCHS:-1}
 LR=${LR:-1e-3}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}  # one: with two on a shared 2-core machine OpenMP spin-waits (docs/sae-results.md)
 CKPT=${CKPT:-200}
 KILLS=${KILLS:-3}
 PY=${PY:-/usr/bin/python3}
