@@ -1,6 +1,7 @@
 // Precompiled header: libtorch and the standard library pieces almost every file uses.
 #pragma once
 #include <ATen/ATen.h>
+#include "mlxterp/torch_compat.hpp"
 #include <nlohmann/json.hpp>
 
 #include <algorithm>

@@ -70,6 +70,10 @@ struct InductionScores {
 // Random tokens drawn uniformly from the vocabulary minus special (and byte-fallback) tokens, repeated
 // twice; scores averaged over n_sequences.
 InductionScores induction_scores(const InterpretableModel& m, const InductionOptions& options = {});
+// The same scores on given sequences ids [S, offset + 2 * length] whose positions offset .. offset+length-1
+// repeat at offset+length .. (options.length = length, options.n_sequences = S; seed unused).
+InductionScores induction_scores_on(const InterpretableModel& m, const at::Tensor& ids, int64_t length, int64_t offset,
+                                    const std::vector<int>& layers = {});
 
 // The copying score of every head [n_layers, n_heads] (needs q/k/v/o projection weights by HF name).
 at::Tensor copying_scores(const Model& model, const std::vector<int>& layers = {});

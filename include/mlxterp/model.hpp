@@ -71,6 +71,8 @@ class SiteTable {
   const std::vector<SiteInfo>& all() const { return sites_; }
   // -1 if `name` is neither a canonical name nor an alias.
   int find(std::string_view name) const;
+  // Every other accepted name of a site (sorted).
+  std::vector<std::string> aliases(int id) const;
   // Like find, but throws mlxterp::Error listing close matches:
   //   "unknown site 'model.layers.40.mlp': the model has 32 layers (model.layers.0 .. model.layers.31)"
   //   "unknown site 'model.layers.2.mlpp' (did you mean 'model.layers.2.mlp'? run `mlxterp components ...`)"
@@ -253,6 +255,8 @@ struct ModelFiles {
   std::string tokenizer_path;  // found beside the model, "" if none
 };
 ModelFiles read_hf_model(const std::string& dir);
+// The same with one specific weights file (e.g. a fine-tuned copy beside the original).
+ModelFiles read_hf_model(const std::string& dir, const std::string& weights_file);
 ModelFiles read_gguf_model(const std::string& path);      // llama.cpp names mapped to HF, Q/K un-permuted
 ModelFiles read_llama2c_model(const std::string& path);   // legacy v0 header; Q/K un-permuted to HF layout
 

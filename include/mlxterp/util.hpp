@@ -7,7 +7,7 @@
 //   auto near = mlxterp::close_matches("mlpp", names);             // {"mlp", ...}
 #pragma once
 
-#include <ATen/ATen.h>
+#include "mlxterp/torch_compat.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -54,6 +54,10 @@ std::string dirname(const std::string& path);
 std::string join_path(const std::string& a, const std::string& b);
 // Creates the directory and its parents; throws mlxterp::Error on failure.
 void make_dirs(const std::string& path);
+// Removes a file or a directory tree (no error if absent).
+void remove_tree(const std::string& path);
+// A new empty directory under $TMPDIR (or /tmp): "<tmp>/<prefix>XXXXXX".
+std::string make_temp_dir(const std::string& prefix);
 
 // Write-then-rename: readers never see a half-written file; if commit() is never reached (an
 // exception, a crash, SIGKILL) the destination keeps its old content and the temp file is removed

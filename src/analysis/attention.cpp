@@ -121,9 +121,26 @@ InductionScores induction_scores(const InterpretableModel& m, const InductionOpt
       ids[s][off + o.length + i] = tok;
     }
   }
+  InductionScores r = induction_scores_on(m, ids, o.length, off, o.layers);
+  r.options = o;
+  return r;
+}
+
+InductionScores induction_scores_on(const InterpretableModel& m, const at::Tensor& ids_in, int64_t length, int64_t off,
+                                    const std::vector<int>& layers) {
+  at::NoGradGuard ng;
+  const at::Tensor ids = ids_in.to(at::kCPU, at::kLong);
+  MLXTERP_CHECK(ids.dim() == 2 && ids.size(1) == off + 2 * length && length >= 2 && off >= 0,
+                "induction scores: expected ids [S, offset + 2 * length] with length >= 2, got ", ids.sizes(),
+                " for length ", length, " and offset ", off);
+  at::Tensor a = ids.narrow(1, off, length), b = ids.narrow(1, off + length, length);
+  MLXTERP_CHECK(at::equal(a, b), "induction scores: the second half of each sequence must repeat the first (positions ", off,
+                " .. ", off + length - 1, ")");
+  const int64_t t = ids.size(1);
+  const auto o = InductionOptions{length, int(ids.size(0)), off > 0, 0, layers};
   InductionScores r;
   r.options = o;
-  r.layers = resolve_layers(o.layers, m.n_layers(), "induction scores");
+  r.layers = resolve_layers(layers, m.n_layers(), "induction scores");
   TraceOptions to;
   for (int l : r.layers) to.sites.push_back("model.layers." + std::to_string(l) + ".self_attn.attention_weights");
   to.need_logits = false;

@@ -150,8 +150,11 @@ std::vector<FactRecord> load_facts(const std::string& path) {
   std::vector<nlohmann::json> items;
   try {
     nlohmann::json j = nlohmann::json::parse(text);
-    MLXTERP_CHECK(j.is_array(), path, ": expected a JSON list of facts, got ", j.type_name());
-    for (auto& x : j) items.push_back(x);
+    // A list, or a JSONL file of exactly one fact (which parses as one object).
+    MLXTERP_CHECK(j.is_array() || j.is_object(), path, ": expected a JSON list of facts or one fact object per line, got ",
+                  j.type_name());
+    if (j.is_object()) items.push_back(j);
+    else for (auto& x : j) items.push_back(x);
   } catch (const nlohmann::json::parse_error&) {
     // JSONL
     size_t line_no = 0;

@@ -42,19 +42,7 @@ int32_t resolve_token(const InterpretableModel& m, std::string_view spec) {
     id = parse_int(spec.substr(1), "token '" + std::string(spec) + "'");
   } else {
     MLXTERP_CHECK(m.has_tokenizer(), "token ", quote(spec), ": the model has no tokenizer; write the token as #ID (e.g. #338)");
-    // TODO(tokenizers): use parse_token once it is in main; the same rule: exact display form or piece.
-    const Tokenizer& tok = m.tokenizer();
-    std::optional<int32_t> hit = tok.piece_to_id(spec);
-    if (!hit) {
-      for (int32_t i = 0; i < tok.vocab_size(); ++i) {
-        if (tok.token_to_str(i) != spec) continue;
-        MLXTERP_CHECK(!hit, "token ", quote(spec), " is ambiguous (ids ", *hit, " and ", i, "); write it as #ID");
-        hit = i;
-      }
-    }
-    MLXTERP_CHECK(hit, "token ", quote(spec), " is not one vocabulary entry; expected a single token as `mlxterp tokenize "
-                  "--json` decodes it (e.g. \" She\"), or #ID");
-    id = *hit;
+    id = parse_token(m.tokenizer(), spec);
   }
   MLXTERP_CHECK(id >= 0 && id < V, "token ", quote(spec), ": id ", id, " is out of range; expected 0 .. ", V - 1);
   return int32_t(id);

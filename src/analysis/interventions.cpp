@@ -139,11 +139,8 @@ InterventionFn noise(double std, uint64_t seed) {
   MLXTERP_CHECK(std >= 0 && std::isfinite(std), "iv::noise: the standard deviation must be >= 0, got ", std);
   auto gen = std::make_shared<at::Generator>(at::detail::createCPUGenerator(seed));
   return [gen, std](const at::Tensor& x, const SiteCall&) {
-    at::Tensor n;
-    {
-      std::lock_guard<std::mutex> lock(gen->mutex());
-      n = at::randn(x.sizes(), *gen, at::TensorOptions().dtype(at::kFloat));
-    }
+    // at::randn takes the generator's own lock.
+    at::Tensor n = at::randn(x.sizes(), *gen, at::TensorOptions().dtype(at::kFloat));
     return x + (n * std).to(x.device(), x.scalar_type());
   };
 }

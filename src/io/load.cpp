@@ -6,7 +6,9 @@
 
 namespace mlxterp {
 
-ModelFiles read_hf_model(const std::string& dir) {
+ModelFiles read_hf_model(const std::string& dir) { return read_hf_model(dir, ""); }
+
+ModelFiles read_hf_model(const std::string& dir, const std::string& weights_file) {
   std::string cfg_path = join_path(dir, "config.json");
   MLXTERP_CHECK(file_exists(cfg_path), dir, ": no config.json; expected a Hugging Face model directory (config.json + "
                                             "model.safetensors), a .gguf file or a llama2.c .bin");
@@ -18,7 +20,7 @@ ModelFiles read_hf_model(const std::string& dir) {
   }
   ModelFiles out;
   out.config = parse_hf_config(j, cfg_path);
-  out.weights = load_safetensors_model(dir);
+  out.weights = weights_file.empty() ? load_safetensors_model(dir) : SafeTensors::open(weights_file).all();
   for (const char* cand : {"tokenizer.json", "tokenizer.model"}) {
     std::string p = join_path(dir, cand);
     if (file_exists(p)) {
@@ -42,7 +44,18 @@ LoadedModel load_model(const std::string& path, const LoadOptions& options) {
     files = read_gguf_model(path);
     out.format = "gguf";
   } else if (ends_with(to_lower(path), ".safetensors")) {
-    files = read_hf_model(dirname(path).empty() ? "." : dirname(path));
+    // A weights file inside a HF directory: the directory's model.safetensors (or a listed shard) means
+    // the whole model; any other file is loaded alone, with the directory's config.json.
+    std::string dir = dirname(path).empty() ? "." : dirname(path);
+    bool whole = basename(path) == "model.safetensors";
+    std::string index = join_path(dir, "model.safetensors.index.json");
+    if (!whole && file_exists(index)) {
+      auto j = nlohmann::json::parse(read_file(index), nullptr, false);
+      if (j.is_object() && j.contains("weight_map") && j["weight_map"].is_object())
+        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
+          whole |= it.value().is_string() && it.value().get<std::string>() == basename(path);
+    }
+    files = read_hf_model(dir, whole ? "" : path);
     out.format = "hf";
   } else if (ends_with(to_lower(path), ".json") && basename(path) == "config.json") {
     files = read_hf_model(dirname(path).empty() ? "." : dirname(path));

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "mlxterp/config.hpp"
+#include "mlxterp/torch_compat.hpp"
 
 namespace mlxterp::blocks {
 

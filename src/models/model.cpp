@@ -83,16 +83,17 @@ void SiteTable::add_standard_aliases(int n_layers) {
   (void)n_layers;
 }
 
+std::vector<std::string> SiteTable::aliases(int id) const {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : index_)
+    if (v == id && k != sites_[id].name) out.push_back(k);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 int SiteTable::find(std::string_view name) const {
   auto it = index_.find(std::string(name));
   return it == index_.end() ? -1 : it->second;
-}
-
-static std::vector<std::string> canonical_names(const std::vector<SiteInfo>& sites) {
-  std::vector<std::string> out;
-  out.reserve(sites.size());
-  for (const auto& s : sites) out.push_back(s.name);
-  return out;
 }
 
 int SiteTable::resolve(std::string_view name) const {
@@ -108,7 +109,17 @@ int SiteTable::resolve(std::string_view name) const {
       MLXTERP_FAIL("unknown site '", n, "': the model has ", n_layers_, " layers (model.layers.0 .. model.layers.",
                    n_layers_ - 1, ")");
   }
-  auto near = close_matches(n, canonical_names(sites_));
+  // Compare against aliases too (a typo in a TransformerLens or native name), reporting canonical names.
+  std::vector<std::string> all;
+  all.reserve(index_.size());
+  for (const auto& [k, id] : index_) all.push_back(k);
+  std::sort(all.begin(), all.end());
+  std::vector<std::string> near;
+  for (const auto& c : close_matches(n, all, 20)) {
+    const std::string& canon = sites_[index_.at(c)].name;
+    if (std::find(near.begin(), near.end(), canon) == near.end()) near.push_back(canon);
+    if (near.size() == 5) break;
+  }
   std::string hint;
   if (!near.empty()) hint = " (did you mean '" + join(near, "', '") + "'?)";
   MLXTERP_FAIL("unknown site '", n, "'", hint, "; run `mlxterp components --model MODEL` to list every site");

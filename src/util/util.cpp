@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -75,10 +76,49 @@ std::string dirname(const std::string& path) { return fs::path(path).parent_path
 
 std::string join_path(const std::string& a, const std::string& b) { return (fs::path(a) / b).string(); }
 
+// POSIX rather than std::filesystem::create_directories: the latter crashed inside a torch 2.x wheel
+// process on the GPU machine (libstdc++ filesystem symbols clash), while plain syscalls cannot.
 void make_dirs(const std::string& path) {
-  std::error_code ec;
-  fs::create_directories(path, ec);
-  MLXTERP_CHECK(!ec && fs::is_directory(path), path, ": cannot create directory: ", ec.message());
+  MLXTERP_CHECK(!path.empty(), "make_dirs: empty path");
+  std::string cur;
+  size_t i = 0;
+  while (i <= path.size()) {
+    size_t slash = path.find('/', i);
+    if (slash == std::string::npos) slash = path.size();
+    cur = path.substr(0, slash);
+    if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
+      MLXTERP_FAIL(path, ": cannot create directory '", cur, "': ", std::strerror(errno));
+    i = slash + 1;
+  }
+  struct stat st {};
+  MLXTERP_CHECK(::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode), path,
+                ": cannot create directory: a file of that name exists");
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    if (DIR* d = ::opendir(path.c_str())) {
+      while (dirent* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") remove_tree(path + "/" + n);
+      }
+      ::closedir(d);
+    }
+    ::rmdir(path.c_str());
+  } else {
+    ::unlink(path.c_str());
+  }
+}
+
+std::string make_temp_dir(const std::string& prefix) {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/" + prefix + "XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  MLXTERP_CHECK(::mkdtemp(buf.data()) != nullptr, tmpl, ": cannot create a temporary directory: ", std::strerror(errno));
+  return buf.data();
 }
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {

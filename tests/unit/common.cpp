@@ -9,18 +9,9 @@
 
 namespace mlxterp::test {
 
-TempDir::TempDir() {
-  std::random_device rd;
-  path = (std::filesystem::temp_directory_path() / ("mlxterp_test_" + std::to_string(::getpid()) + "_" +
-                                                    std::to_string(rd())))
-             .string();
-  std::filesystem::create_directories(path);
-}
+TempDir::TempDir() : path(make_temp_dir("mlxterp_test_")) {}
 
-TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path, ec);
-}
+TempDir::~TempDir() { remove_tree(path); }
 
 CliResult run_cli(const std::string& args, const std::string& stdin_text) {
   TempDir tmp;

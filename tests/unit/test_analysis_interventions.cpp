@@ -67,7 +67,7 @@ TEST(AnalysisInterventions, PositionsAndSequences) {
   o.interventions.push_back({s, iv::at_sequences(iv::zero(), {1})});
   at::Tensor ids = ids_tensor(kIds).repeat({2, 1});
   at::Tensor b = m.trace_ids(ids, {}, o).get(s);
-  EXPECT_EQ(max_abs_diff(b[0], x[0]), 0.0);
+  EXPECT_LT(max_abs_diff(b[0], x[0]), 1e-5);  // batch of 2 vs 1: float rounding only
   EXPECT_EQ(b[1].abs().max().item<double>(), 0.0);
 }
 
@@ -178,7 +178,7 @@ TEST(AnalysisInterventions, SaeLatentEditsKeepTheErrorTerm) {
   EXPECT_LT(max_abs_diff(site_after(m, s, iv::sae_edit(codec, {})), x), 1e-5);
   // Ablating latent k moves x by exactly -z_k * W_dec[k].
   at::Tensor z = sae->encode(x);
-  int64_t k = z.select(-1, 0).abs().sum().item<double>() > 0 ? 0 : z.sum({0, 1}).argmax().item<int64_t>();
+  int64_t k = z.flatten(0, -2).sum(0).argmax().item<int64_t>();  // a latent that is active
   at::Tensor want = x - z.select(-1, k).unsqueeze(-1) * sae->W_dec[k];
   EXPECT_LT(max_abs_diff(site_after(m, s, iv::sae_edit(codec, {iv::ablate_latent(k)})), want), 1e-5);
   at::Tensor want2 = x + (5.0 - z.select(-1, k)).unsqueeze(-1) * sae->W_dec[k];

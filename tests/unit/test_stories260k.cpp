@@ -67,6 +67,16 @@ TEST_P(Stories260K, ForwardMatchesReference) {
   EXPECT_LT(err, 1e-4) << "logits max abs error " << err;
 }
 
+// `mlxterp generate --prompt "" --max-tokens 200 --temperature 0` reproduces llama2.c's own greedy output.
+TEST_P(Stories260K, GreedyGenerationFromBosMatchesLlama2c) {
+  MLXTERP_REQUIRE_DATA("reference/stories260K/greedy_200_from_bos.txt");
+  std::string device = test_device().is_cuda() ? " --device cuda --dtype f32" : "";
+  auto r = run_cli("generate --model '" + container(GetParam()) +
+                   "' --prompt '' --max-tokens 200 --temperature 0 --quiet" + device);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(trim(r.out), trim(read_file(data_path("reference/stories260K/greedy_200_from_bos.txt"))));
+}
+
 INSTANTIATE_TEST_SUITE_P(Containers, Stories260K, ::testing::Values("hf", "gguf", "llama2c"));
 
 }  // namespace

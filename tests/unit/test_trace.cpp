@@ -179,3 +179,32 @@ TEST(TraceCli, ErrorsAndExitCodes) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Loading, NamedSafetensorsFileIsLoadedNotTheDirectorysDefault) {
+  TempDir tmp;
+  std::string src = golden_path("hf/llama");
+  write_file_atomic(tmp.file("config.json"), read_file(join_path(src, "config.json")));
+  TensorMap w = SafeTensors::open(join_path(src, "model.safetensors")).all();
+  save_safetensors(tmp.file("model.safetensors"), w);
+  TensorMap w2;
+  for (auto& [k, t] : w) w2[k] = t * 2;  // a different checkpoint beside the default one
+  save_safetensors(tmp.file("finetuned.safetensors"), w2);
+  auto a = load_model(tmp.file("model.safetensors")), b = load_model(tmp.file("finetuned.safetensors"));
+  const std::string n = "model.layers.0.self_attn.q_proj.weight";
+  EXPECT_TRUE(at::equal(a.model->w(n), w.at(n)));
+  EXPECT_TRUE(at::equal(b.model->w(n), w2.at(n)));
+}
+
+TEST(Trace, TyposInAliasesSuggestTheCanonicalSite) {
+  auto m = golden_model("mixtral");
+  try {
+    m.sites().resolve("blocks.1.hook_mlp_outt");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did you mean 'model.layers.1.mlp'"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace

@@ -25,6 +25,7 @@ int run(const Opts& o, const Globals& g) {
       e["name"] = c.name;
       e["shape"] = c.shape;
       e["layer"] = c.layer;
+      e["aliases"] = m.sites().aliases(m.sites().find(c.name));
       j.push_back(e);
     }
     std::cout << j.dump(2) << "\n";

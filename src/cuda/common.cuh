@@ -1,0 +1,176 @@
+// Device helpers shared by the SAE kernels: bf16 packing, 16-byte loads, block reductions and scans.
+// CUDA headers only (no libtorch), so the .cu files compile with plain nvcc.
+#pragma once
+
+#include <cstdint>
+
+#ifdef MLXTERP_CUDA_EMULATE
+// tests/emu: the kernels run on CPU threads (one std::thread per CUDA thread) to check their logic.
+#include "emu/cuda_emu.h"
+#define MLXTERP_LAUNCH(kernel, grid, block, stream, ...) \
+  ::mlxterp_emu::launch((grid), (block), [&] { kernel(__VA_ARGS__); })
+#define MLXTERP_LAUNCH_SMEM(kernel, grid, block, smem, stream, ...) \
+  ::mlxterp_emu::launch((grid), (block), [&] { kernel(__VA_ARGS__); })
+#define MLXTERP_DYNAMIC_SMEM(name) alignas(16) static unsigned char name[256 * 1024]
+#else
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+// kernel<<<grid, block, 0, stream>>>(args...); `kernel` may be a pointer to a (template) kernel.
+#define MLXTERP_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#define MLXTERP_LAUNCH_SMEM(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+// The kernel's dynamic shared memory (16-byte aligned).
+#define MLXTERP_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+#include "cuda/kernels.h"
+
+namespace mlxterp::cuda_kernels {
+
+constexpr int kWarp = 32;
+
+// ---- bf16 <-> float, eight at a time (one 16-byte word) ----------------------------------------------
+
+// bf16 is the top half of a float: element 0 sits in the low 16 bits of each 32-bit word.
+__device__ __forceinline__ void unpack_bf16x8(const uint4& u, float f[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // .x = lo (low half), round to nearest even
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+__device__ __forceinline__ uint4 pack_bf16x8(const float f[8]) {
+  return make_uint4(pack_bf16x2(f[0], f[1]), pack_bf16x2(f[2], f[3]), pack_bf16x2(f[4], f[5]),
+                    pack_bf16x2(f[6], f[7]));
+}
+
+// ---- 16-byte loads and stores ------------------------------------------------------------------------
+
+// Read-only data reused by other blocks (gathered rows, biases): through the non-coherent path.
+__device__ __forceinline__ uint4 ld_ro(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ float4 ld_ro_f4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
+// Streamed once (weights and optimizer state): evict-first, so the gathered rows stay in L2.
+__device__ __forceinline__ float4 ld_stream_f4(const float* p) { return __ldcs(reinterpret_cast<const float4*>(p)); }
+__device__ __forceinline__ void st_stream_f4(float* p, float4 v) { __stcs(reinterpret_cast<float4*>(p), v); }
+__device__ __forceinline__ void st_stream_u4(void* p, uint4 v) { __stcs(reinterpret_cast<uint4*>(p), v); }
+
+__device__ __forceinline__ void load_f8_stream(const float* p, float f[8]) {
+  float4 a = ld_stream_f4(p), b = ld_stream_f4(p + 4);
+  f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+__device__ __forceinline__ void load_f8_ro(const float* p, float f[8]) {
+  float4 a = ld_ro_f4(p), b = ld_ro_f4(p + 4);
+  f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+__device__ __forceinline__ void store_f8_stream(float* p, const float f[8]) {
+  st_stream_f4(p, make_float4(f[0], f[1], f[2], f[3]));
+  st_stream_f4(p + 4, make_float4(f[4], f[5], f[6], f[7]));
+}
+__device__ __forceinline__ void store_f8(float* p, const float f[8]) {
+  *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
+  *reinterpret_cast<float4*>(p + 4) = make_float4(f[4], f[5], f[6], f[7]);
+}
+
+// ---- row layout ------------------------------------------------------------------------------------------
+// A block works on one row of d elements: thread t owns chunks c = 0..CH-1 of 8 consecutive elements at
+// (c * blockDim.x + t) * 8. CH grows with d so that blockDim.x stays <= 512 (d <= kMaxDim = 16384).
+struct RowLayout {
+  int ch, threads;
+};
+inline RowLayout row_layout(int d) {
+  const int d8 = d / 8;
+  const int ch = d8 <= 512 ? 1 : (d8 <= 1024 ? 2 : 4);
+  const int per = (d8 + ch - 1) / ch;
+  return {ch, (per + 31) / 32 * 32};
+}
+
+// ---- reductions and scans over a block (blockDim.x a multiple of 32, at most 1024) -------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ int warp_sum_int(int v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sums N values over the block; every thread gets the N totals. smem: at least 33 * N floats.
+template <int N>
+__device__ __forceinline__ void block_sum(float (&v)[N], float* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = warp_sum(v[i]);
+  if (lane == 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) smem[i * 32 + warp] = v[i];
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      float s = lane < nw ? smem[i * 32 + lane] : 0.f;
+      s = warp_sum(s);
+      if (lane == 0) smem[32 * N + i] = s;
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = smem[32 * N + i];
+  __syncthreads();  // smem may be reused right after
+}
+
+__device__ __forceinline__ float block_sum1(float v, float* smem) {
+  float a[1] = {v};
+  block_sum<1>(a, smem);
+  return a[0];
+}
+
+// Inclusive prefix sum of one int per thread, in thread order; *total gets the block total.
+// smem: at least 33 ints.
+__device__ __forceinline__ int block_inclusive_scan(int v, int* smem, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    int u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  if (lane == 31) smem[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    int w = lane < nw ? smem[lane] : 0;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      int u = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += u;
+    }
+    smem[lane] = w;  // inclusive over warps
+  }
+  __syncthreads();
+  const int before = warp > 0 ? smem[warp - 1] : 0;
+  *total = smem[nw - 1];
+  __syncthreads();
+  return v + before;
+}
+
+// ---- Adam ---------------------------------------------------------------------------------------------
+
+// torch.optim.AdamW's update for one element (AdamArgs: kernels.h).
+__device__ __forceinline__ float adam_update(float w, float g, float& m, float& v, const AdamArgs& a) {
+  w *= a.decay;
+  m += (1.f - a.beta1) * (g - m);  // torch: exp_avg.lerp_(grad, 1 - beta1)
+  v = a.beta2 * v + (1.f - a.beta2) * g * g;
+  const float denom = sqrtf(v) * a.inv_sqrt_bc2 + a.eps;
+  return w - a.step_size * m / denom;
+}
+
+}  // namespace mlxterp::cuda_kernels

@@ -1,0 +1,503 @@
+// The SAE training step: the libtorch reference against a PyTorch golden (dense autograd + torch AdamW),
+// and every CUDA kernel against the reference (CUDA build + GPU only; elsewhere those tests skip).
+#include <cmath>
+
+#include "common.hpp"
+#include "mlxterp/error.hpp"
+#include "mlxterp/sae_kernels.hpp"
+
+using namespace mlxterp;
+using namespace mlxterp::sae_kernels;
+using namespace mlxterp::test;
+
+namespace {
+
+at::Tensor f32(const nlohmann::json& j) { return json_to_tensor(j).to(at::kFloat); }
+
+double rel_err(const at::Tensor& got, const at::Tensor& want) {
+  at::Tensor g = got.to(at::kDouble).cpu(), w = want.to(at::kDouble).cpu();
+  const double denom = w.norm().item<double>();
+  return (g - w).norm().item<double>() / (denom > 0 ? denom : 1.0);
+}
+
+}  // namespace
+
+// ---- the reference (runs everywhere) ----------------------------------------------------------------------
+
+TEST(SaeKernelsReference, MatchesPyTorchGolden) {
+  auto golden = nlohmann::json::parse(read_file(golden_path("sae_kernels/steps.json")));
+  for (const auto& c : golden["cases"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    Params p{f32(c["init"]["W_enc"]), f32(c["init"]["b_enc"]), f32(c["init"]["W_dec"]), f32(c["init"]["b_dec"])};
+    AdamState s = AdamState::zeros_like(p);
+    at::Tensor since = json_to_tensor(c["since_fired_init"]).to(at::kLong);
+    at::Tensor x = f32(c["x"]);
+    StepConfig cfg;
+    cfg.k = c["k"];
+    cfg.selection = c["selection"] == "topk" ? Selection::TopK : Selection::BatchTopK;
+    cfg.loss_norm = c["loss_norm"] == "fvu"           ? LossNorm::FVU
+                    : c["loss_norm"] == "mean_square" ? LossNorm::MeanSquare
+                                                      : LossNorm::SumPerToken;
+    cfg.compute_dtype = at::kFloat;
+    cfg.lr = c["lr"];
+    cfg.weight_decay = c["weight_decay"];
+    cfg.max_grad_norm = c["max_grad_norm"];
+    cfg.remove_parallel_grad = c["remove_parallel_grad"];
+    cfg.normalize_decoder = c["normalize_decoder"];
+    cfg.auxk_coef = c["auxk_coef"];
+    cfg.k_aux = c["k_aux"];
+    cfg.dead_tokens = c["dead_tokens"];
+    const auto losses = c["losses"].get<std::vector<double>>();
+    for (size_t t = 0; t < losses.size(); ++t) {
+      cfg.step = int64_t(t) + 1;
+      StepStats st = reference_step(p, s, since, x, cfg);
+      EXPECT_NEAR(st.loss.item<double>(), losses[t], 1e-5 * std::abs(losses[t])) << "step " << t + 1;
+      EXPECT_EQ(st.latents.numel(), x.size(0) * cfg.k);
+      EXPECT_TRUE(st.ok.item<bool>());
+      if (cfg.auxk_coef > 0) EXPECT_GT(st.aux.item<double>(), 0) << "AuxK had dead latents to use";
+    }
+    EXPECT_LT(max_abs_diff(p.W_enc, f32(c["final"]["W_enc"])), 2e-5);
+    EXPECT_LT(max_abs_diff(p.b_enc, f32(c["final"]["b_enc"])), 2e-5);
+    EXPECT_LT(max_abs_diff(p.W_dec, f32(c["final"]["W_dec"])), 2e-5);
+    EXPECT_LT(max_abs_diff(p.b_dec, f32(c["final"]["b_dec"])), 2e-5);
+    EXPECT_TRUE(at::equal(since, json_to_tensor(c["since_fired"]).to(at::kLong)));
+  }
+}
+
+TEST(SaeKernelsReference, TopkTiesGoToTheLowerLatentAndZerosFillUp) {
+  at::Tensor b = at::zeros({6});
+  // Row 0: four equal maxima -> latents 0 and 1. Row 1: one positive value -> it, then the lowest zeros.
+  at::Tensor pre = at::tensor({1.f, 1.f, 1.f, 1.f, 0.f, -2.f, -1.f, -1.f, -1.f, 3.f, -1.f, -1.f}).view({2, 6});
+  auto [lat, val] = ref::topk_rows(pre, b, 2);
+  EXPECT_TRUE(at::equal(lat, at::tensor({0L, 1L, 0L, 3L}).view({2, 2})));
+  EXPECT_TRUE(at::equal(val, at::tensor({1.f, 1.f, 0.f, 3.f}).view({2, 2})));
+  // BatchTopK: ties go to the earlier (row, latent).
+  auto [row_ptr, blat, bval] = ref::batch_topk(pre, b, 2);  // 4 in total
+  EXPECT_TRUE(at::equal(row_ptr, at::tensor({0L, 3L, 4L})));
+  EXPECT_TRUE(at::equal(blat, at::tensor({0L, 1L, 2L, 3L})));
+  EXPECT_TRUE(at::equal(bval, at::tensor({1.f, 1.f, 1.f, 3.f})));
+}
+
+TEST(SaeKernelsReference, SparseDecodeIsTheDenseProduct) {
+  at::manual_seed(3);
+  at::Tensor W = at::randn({10, 6}), b = at::randn({6}), x = at::randn({3, 6});
+  at::Tensor row_ptr = at::tensor({0L, 2L, 2L, 5L});  // a token with no selections
+  at::Tensor lat = at::tensor({1L, 7L, 0L, 4L, 9L}), val = at::tensor({0.5f, 2.f, 1.f, 0.25f, 3.f});
+  at::Tensor z = at::zeros({3, 10});
+  z[0][1] = 0.5f;
+  z[0][7] = 2.f;
+  z[2][0] = 1.f;
+  z[2][4] = 0.25f;
+  z[2][9] = 3.f;
+  at::Tensor want = at::mm(z, W) + b - x;
+  EXPECT_LT(max_abs_diff(ref::sparse_decode_residual(row_ptr, lat, val, W, b, x), want), 1e-5);
+}
+
+TEST(SaeKernelsReference, RejectsMismatchedInputs) {
+  Params p = Params::init(8, 16, at::kCPU, 0);
+  AdamState s = AdamState::zeros_like(p);
+  at::Tensor since = at::zeros({16}, at::kLong);
+  StepConfig cfg;
+  cfg.k = 4;
+  try {
+    reference_step(p, s, since, at::randn({5, 9}), cfg);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("x must be [n_tokens, 8]; got [5, 9]"), std::string::npos) << e.what();
+  }
+  cfg.k = 17;
+  EXPECT_THROW(reference_step(p, s, since, at::randn({5, 8}), cfg), Error);
+  cfg.k = 4;
+  at::Tensor bad_since = at::zeros({16}, at::kInt);
+  EXPECT_THROW(reference_step(p, s, bad_since, at::randn({5, 8}), cfg), Error);
+}
+
+namespace {
+
+// A step whose loss is finite but whose gradient norm overflows float32: latent 0 has a zero decoder row and
+// a huge encoder bias, so every token selects it with activation 1e30 (adding nothing to x_hat), and its
+// W_dec gradient (~1e30 * residual) squares to inf.
+struct OverflowCase {
+  Params p;
+  AdamState s;
+  at::Tensor since, x;
+};
+
+OverflowCase overflow_case(at::Device dev) {
+  OverflowCase c;
+  c.p = Params::init(64, 256, dev, 3);
+  c.p.W_dec[0].zero_();
+  c.p.b_enc[0].fill_(1e30);
+  c.s = AdamState::zeros_like(c.p);
+  c.since = at::full({256}, 7, at::TensorOptions().dtype(at::kLong).device(dev));
+  c.x = at::randn({32, 64}, at::TensorOptions().device(dev));
+  return c;
+}
+
+// Runs one step (reference or CUDA) of the overflow case; checks what finite_grad_gate promises.
+void check_overflow_step(at::Device dev, bool use_cuda) {
+  for (bool gate : {true, false}) {
+    SCOPED_TRACE(std::string("finite_grad_gate ") + (gate ? "on" : "off") + (use_cuda ? ", CUDA" : ", reference"));
+    OverflowCase c = overflow_case(dev);
+    Params before = c.p.clone();
+    StepConfig cfg;
+    cfg.k = 4;
+    cfg.step = 3;
+    cfg.finite_grad_gate = gate;
+    cfg.compute_dtype = use_cuda ? at::kBFloat16 : at::kFloat;
+    StepStats st = use_cuda ? Stepper(Backend::Cuda).step(c.p, c.s, c.since, c.x, cfg)
+                            : reference_step(c.p, c.s, c.since, c.x, cfg);
+    EXPECT_TRUE(std::isfinite(st.loss.item<double>()));
+    EXPECT_FALSE(std::isfinite(st.grad_norm.item<double>()));
+    EXPECT_FALSE(st.ok.item<bool>());
+    EXPECT_EQ(c.since.min().item<int64_t>(), 7) << "no update, no counter changes";
+    const bool unchanged = at::equal(c.p.W_enc.cpu(), before.W_enc.cpu()) && at::equal(c.p.b_enc.cpu(), before.b_enc.cpu()) &&
+                           at::equal(c.p.W_dec.cpu(), before.W_dec.cpu()) && at::equal(c.p.b_dec.cpu(), before.b_dec.cpu());
+    // Gated: nothing moves (the SAE trainer's rule). Not gated and not clipping: the update is applied.
+    EXPECT_EQ(unchanged, gate);
+    if (gate) EXPECT_EQ(c.s.W_dec_v.abs().max().item<float>(), 0.f);
+  }
+}
+
+}  // namespace
+
+TEST(SaeKernelsReference, FiniteGradGateSkipsAnUpdateWithAnOverflowingGradient) {
+  check_overflow_step(at::kCPU, /*use_cuda=*/false);
+}
+
+TEST(SaeKernelsReference, StepperUsesTheReferenceOffTheGpu) {
+  Params p = Params::init(8, 16, at::kCPU, 0);
+  AdamState s = AdamState::zeros_like(p);
+  at::Tensor since = at::zeros({16}, at::kLong);
+  StepConfig cfg;
+  cfg.k = 2;
+  Stepper auto_stepper;
+  auto_stepper.step(p, s, since, at::randn({4, 8}), cfg);
+  EXPECT_EQ(auto_stepper.last_backend(), Backend::Reference);
+  EXPECT_FALSE(cuda_unsupported_reason(p, at::randn({4, 8}), cfg).empty());
+  Stepper cuda_stepper(Backend::Cuda);
+  EXPECT_THROW(cuda_stepper.step(p, s, since, at::randn({4, 8}), cfg), Error);
+}
+
+// ---- CUDA kernels against the reference ------------------------------------------------------------------
+
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+#define MLXTERP_REQUIRE_CUDA_KERNELS() \
+  do {                                 \
+    if (!::mlxterp::sae_kernels::cuda_kernels_available())                                         \
+      GTEST_SKIP() << "the CUDA kernels are built in, but no GPU is visible";                    \
+  } while (0)
+#else
+#define MLXTERP_REQUIRE_CUDA_KERNELS() \
+  GTEST_SKIP() << "built without the CUDA kernels (configure with -DMLXTERP_CUDA=ON against a CUDA libtorch)"
+#endif
+
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+namespace {
+
+#ifdef MLXTERP_CUDA_EMULATE
+const at::Device kGpu(at::kCPU);  // tests/emu: the kernels run on CPU threads
+#else
+const at::Device kGpu(at::kCUDA, 0);
+#endif
+
+struct SelectCase {
+  const char* name;
+  int64_t n, f, k;
+  const char* kind;  // random | ties | few_positive | all_negative
+};
+
+at::Tensor make_pre(const SelectCase& c) {
+  auto o = at::TensorOptions().device(kGpu);
+  at::Tensor pre;
+  if (std::string(c.kind) == "ties")
+    pre = (at::randn({c.n, c.f}, o) * 2).round() / 4;  // a handful of distinct values
+  else if (std::string(c.kind) == "few_positive")
+    pre = at::randn({c.n, c.f}, o) - 3.5;
+  else if (std::string(c.kind) == "all_negative")
+    pre = -at::rand({c.n, c.f}, o) - 0.1;
+  else
+    pre = at::randn({c.n, c.f}, o);
+  return pre.to(at::kBFloat16);
+}
+
+at::Tensor make_bias(const SelectCase& c) {
+  auto o = at::TensorOptions().device(kGpu);
+  return std::string(c.kind) == "random" ? at::randn({c.f}, o) * 0.1 : at::zeros({c.f}, o);
+}
+
+const SelectCase kSelectCases[] = {
+    {"random_small", 37, 4096, 32, "random"},          {"random_wide", 6, 131072, 128, "random"},
+    {"k_equals_f", 3, 1024, 1024, "random"},           {"k_1000", 5, 8192, 1000, "random"},
+    {"k_1", 9, 2048, 1, "random"},                     {"ties", 7, 65536, 64, "ties"},
+    {"few_positive", 11, 8192, 64, "few_positive"},    {"all_negative", 3, 4096, 16, "all_negative"},
+};
+
+}  // namespace
+#endif
+
+TEST(CudaSaeKernels, TopkRowsMatchesReference) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  at::manual_seed(11);
+  for (const SelectCase& c : kSelectCases) {
+    SCOPED_TRACE(c.name);
+    at::Tensor pre = make_pre(c), b = make_bias(c);
+    auto [lat, val] = cuda::topk_rows(pre, b, c.k);
+    auto [rlat, rval] = ref::topk_rows(pre, b, c.k);
+    ASSERT_EQ(lat.sizes(), rlat.sizes());
+    EXPECT_TRUE(at::equal(lat.cpu(), rlat.cpu())) << "latents differ in "
+                                                  << lat.ne(rlat).sum().item<int64_t>() << " places";
+    EXPECT_TRUE(at::equal(val.cpu(), rval.cpu()));
+  }
+  // AuxK's selection: only latents in the mask count (others are 0); large k uses > 48 KB of shared memory.
+  for (int64_t k : {64, 2048, 4096}) {
+    SCOPED_TRACE("masked k=" + std::to_string(k));
+    const SelectCase c{"masked", 3, 16384, k, "random"};
+    at::Tensor pre = make_pre(c), b = make_bias(c);
+    at::Tensor mask = at::rand({c.f}, at::TensorOptions().device(kGpu)) < 0.3;
+    auto [lat, val] = cuda::topk_rows(pre, b, k, mask);
+    auto [rlat, rval] = ref::topk_rows(pre, b, k, mask);
+    EXPECT_TRUE(at::equal(lat.cpu(), rlat.cpu()));
+    EXPECT_TRUE(at::equal(val.cpu(), rval.cpu()));
+    at::Tensor picked_positive = val.gt(0).cpu();
+    at::Tensor in_mask = mask.cpu().index_select(0, lat.cpu().flatten()).view_as(picked_positive);
+    EXPECT_TRUE(in_mask.logical_or(picked_positive.logical_not()).all().item<bool>()) << "a positive outside the mask";
+  }
+  // A strided view (rows of a wider matrix) reads only its own columns.
+  at::Tensor wide = at::randn({4, 4096 + 64}, at::TensorOptions().device(kGpu)).to(at::kBFloat16);
+  at::Tensor view = wide.narrow(1, 0, 4096);
+  at::Tensor b = at::zeros({4096}, at::TensorOptions().device(kGpu));
+  EXPECT_TRUE(at::equal(cuda::topk_rows(view, b, 50).first.cpu(), ref::topk_rows(view, b, 50).first.cpu()));
+#endif
+}
+
+TEST(CudaSaeKernels, BatchTopkMatchesReference) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  at::manual_seed(12);
+  for (const SelectCase& c : kSelectCases) {
+    if (c.k > 256) continue;
+    SCOPED_TRACE(c.name);
+    at::Tensor pre = make_pre(c), b = make_bias(c);
+    auto [rp, lat, val] = cuda::batch_topk(pre, b, c.k);
+    auto [rrp, rlat, rval] = ref::batch_topk(pre, b, c.k);
+    EXPECT_TRUE(at::equal(rp.cpu(), rrp.cpu()));
+    ASSERT_EQ(lat.sizes(), rlat.sizes());
+    EXPECT_TRUE(at::equal(lat.cpu(), rlat.cpu()));
+    EXPECT_TRUE(at::equal(val.cpu(), rval.cpu()));
+  }
+#endif
+}
+
+TEST(CudaSaeKernels, SparseDecodeMatchesReference) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  at::manual_seed(13);
+  auto o = at::TensorOptions().device(kGpu);
+  for (int64_t d : {256, 2048, 4096, 12288}) {
+    SCOPED_TRACE(d);
+    const int64_t n = 50, f = 1000;
+    at::Tensor counts = at::randint(0, 300, {n}, o.dtype(at::kLong));  // up to 300: > one staging round
+    counts[3] = 0;
+    at::Tensor rp = at::zeros({n + 1}, o.dtype(at::kLong));
+    rp.narrow(0, 1, n).copy_(counts.cumsum(0));
+    const int64_t P = rp[n].item<int64_t>();
+    at::Tensor lat = at::randint(0, f, {P}, o.dtype(at::kLong)), val = at::rand({P}, o);
+    at::Tensor W = (at::randn({f, d}, o) * 0.05).to(at::kBFloat16), b = at::randn({d}, o);
+    for (bool x_bf16 : {false, true}) {
+      at::Tensor x = at::randn({n, d}, o);
+      if (x_bf16) x = x.to(at::kBFloat16);
+      at::Tensor e = cuda::sparse_decode_residual(rp, lat, val, W, b, x);
+      at::Tensor r = ref::sparse_decode_residual(rp, lat, val, W, b, x);
+      EXPECT_LT(rel_err(e, r), 1e-5) << "x bf16: " << x_bf16;
+      EXPECT_FALSE(e.isnan().any().item<bool>());
+    }
+  }
+#endif
+}
+
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+namespace {
+
+struct StepCase {
+  const char* name;
+  int64_t n, d, f, k;
+  Selection selection;
+  LossNorm loss_norm;
+  double max_grad_norm;
+  bool x_bf16, remove_parallel, normalize;
+  double auxk_coef = 0;
+  int64_t k_aux = 0;
+  double dead_frac = 0;       // latents that start dead (since_fired = dead_tokens)
+  double fire_threshold = 0;
+  bool finite_grad_gate = false;  // two passes without clipping
+};
+
+constexpr int64_t kDeadTokens = 5000;
+
+const StepCase kStepCases[] = {
+    {"topk_fvu", 512, 256, 2048, 16, Selection::TopK, LossNorm::FVU, 0, false, true, true},
+    {"topk_clip_bf16_input", 384, 512, 4096, 32, Selection::TopK, LossNorm::MeanSquare, 0.05, true, true, true},
+    {"topk_d2048", 256, 2048, 1024, 64, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true},
+    {"topk_d12288_wide_rows", 64, 12288, 256, 8, Selection::TopK, LossNorm::FVU, 0, false, true, true},
+    {"batch_topk", 256, 256, 2048, 16, Selection::BatchTopK, LossNorm::FVU, 0, false, true, true},
+    {"batch_topk_clip_plain", 256, 128, 1024, 8, Selection::BatchTopK, LossNorm::SumPerToken, 0.5, false, false,
+     false},
+    {"topk_auxk_clip", 256, 256, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 1.0, false, true, true, 1.0 / 32,
+     128, 0.3, 0.05},
+    {"topk_auxk_big_k_aux", 128, 256, 4096, 32, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true, 0.5,
+     2048, 0.6},
+    {"batch_topk_auxk", 256, 256, 2048, 16, Selection::BatchTopK, LossNorm::SumPerToken, 0, true, true, true, 1.0 / 32,
+     64, 0.1},
+    {"topk_auxk_nothing_dead", 256, 256, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true,
+     1.0 / 32, 128, 0.0},
+    {"topk_finite_grad_gate", 256, 256, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true, 1.0 / 32,
+     64, 0.2, 0, true},
+};
+
+}  // namespace
+#endif
+
+TEST(CudaSaeStep, MatchesReferenceStep) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  auto o = at::TensorOptions().device(kGpu);
+  const char* only = std::getenv("MLXTERP_STEP_CASE");  // debugging: run one case
+  for (const StepCase& c : kStepCases) {
+    if (only && std::string(only) != c.name) continue;
+    SCOPED_TRACE(c.name);
+    Params p = Params::init(c.d, c.f, kGpu, 21);
+    p.b_enc = at::randn({c.f}, o) * 0.05;
+    p.b_dec = at::randn({c.d}, o) * 0.1;
+    // A run in progress: Adam moments populated, so the update is linear in the gradient (a first Adam
+    // step is ~lr * sign(g) and would hide gradient errors).
+    AdamState s = AdamState::zeros_like(p);
+    for (at::Tensor* m : {&s.W_enc_m, &s.b_enc_m, &s.W_dec_m, &s.b_dec_m}) *m = at::randn_like(*m) * 1e-3;
+    for (at::Tensor* v : {&s.W_enc_v, &s.b_enc_v, &s.W_dec_v, &s.b_dec_v}) *v = at::rand_like(*v) * 1e-5 + 1e-7;
+    at::Tensor since = at::randint(0, 1000, {c.f}, o.dtype(at::kLong));
+    since.narrow(0, 0, int64_t(c.dead_frac * c.f)).fill_(kDeadTokens);
+    Params pc = p.clone();
+    AdamState sc = s.clone();
+    at::Tensor since_c = since.clone();
+    StepConfig cfg;
+    cfg.k = c.k;
+    cfg.selection = c.selection;
+    cfg.loss_norm = c.loss_norm;
+    cfg.lr = 1e-3;
+    cfg.weight_decay = 0.01;
+    cfg.max_grad_norm = c.max_grad_norm;
+    cfg.finite_grad_gate = c.finite_grad_gate;
+    cfg.remove_parallel_grad = c.remove_parallel;
+    cfg.normalize_decoder = c.normalize;
+    cfg.auxk_coef = c.auxk_coef;
+    cfg.k_aux = c.k_aux;
+    cfg.dead_tokens = kDeadTokens;
+    cfg.fire_threshold = c.fire_threshold;
+    Stepper stepper(Backend::Cuda);
+    for (int t = 0; t < 3; ++t) {
+      SCOPED_TRACE("step " + std::to_string(t + 1));
+      cfg.step = 10 + t;
+      at::Tensor x = at::randn({c.n, c.d}, o) * 1.5 + 0.2;
+      if (c.x_bf16) x = x.to(at::kBFloat16);
+      // Every step starts the reference from the CUDA path's state (the trajectories would otherwise drift
+      // apart by bf16 rounding, and near-ties at the k-th value would flip): identical inputs each step.
+      Params pr = pc.clone(), before = pc.clone();
+      AdamState sr = sc.clone(), sbefore = sc.clone();
+      at::Tensor since_r = since_c.clone();
+      StepStats a = stepper.step(pc, sc, since_c, x, cfg);
+      StepStats r = reference_step(pr, sr, since_r, x, cfg);
+      ASSERT_EQ(stepper.last_backend(), Backend::Cuda);
+      // Same GEMM inputs (the step keeps its bf16 copies equal to the rounded weights), same selection rule:
+      // identical selections, values and dead-latent counters.
+      EXPECT_TRUE(at::equal(a.row_ptr.cpu(), r.row_ptr.cpu()));
+      EXPECT_EQ(a.latents.eq(r.latents).to(at::kDouble).mean().item<double>(), 1.0);
+      EXPECT_TRUE(at::equal(a.values.cpu(), r.values.cpu()));
+      EXPECT_TRUE(at::equal(a.fire_count.cpu(), r.fire_count.cpu()));
+      EXPECT_TRUE(at::equal(since_c.cpu(), since_r.cpu()));
+      EXPECT_EQ(a.kept_min.item<float>(), r.kept_min.item<float>());
+      EXPECT_EQ(a.clipped.item<float>(), r.clipped.item<float>());
+      if (c.max_grad_norm > 0 && t == 0) EXPECT_EQ(a.clipped.item<float>(), 1.f) << "the case should clip";
+      if (c.auxk_coef > 0) {
+        EXPECT_LT(std::abs(a.aux.item<double>() - r.aux.item<double>()), 1e-3 * std::abs(r.aux.item<double>()) + 1e-9);
+        EXPECT_EQ(a.aux.item<double>() > 0, c.dead_frac > 0) << "AuxK active exactly when latents are dead";
+      }
+      EXPECT_LT(std::abs(a.loss.item<double>() / r.loss.item<double>() - 1), 1e-3);
+      EXPECT_LT(std::abs(a.l0.item<double>() - r.l0.item<double>()), 0.05 * c.k);
+      EXPECT_LT(std::abs(a.grad_norm.item<double>() / r.grad_norm.item<double>() - 1), 1e-2);
+      EXPECT_TRUE(a.ok.item<bool>());
+      EXPECT_LT(rel_err(a.residual, r.residual), 1e-2);
+      // The update of every tensor (after - before) agrees to bf16-gradient accuracy.
+      struct Pair {
+        const char* name;
+        at::Tensor got, want, prev;
+      };
+      for (const Pair& q : {Pair{"W_enc", pc.W_enc, pr.W_enc, before.W_enc}, Pair{"b_enc", pc.b_enc, pr.b_enc, before.b_enc},
+                            Pair{"W_dec", pc.W_dec, pr.W_dec, before.W_dec}, Pair{"b_dec", pc.b_dec, pr.b_dec, before.b_dec},
+                            Pair{"W_enc_m", sc.W_enc_m, sr.W_enc_m, sbefore.W_enc_m},
+                            Pair{"W_dec_v", sc.W_dec_v, sr.W_dec_v, sbefore.W_dec_v},
+                            Pair{"b_dec_m", sc.b_dec_m, sr.b_dec_m, sbefore.b_dec_m}}) {
+        EXPECT_FALSE(q.got.isnan().any().item<bool>()) << q.name;
+        EXPECT_LT(rel_err(q.got - q.prev, q.want - q.prev), 3e-2) << q.name;
+      }
+      // The bf16 copies the next step's GEMM and decoder read are the updated weights, rounded.
+      EXPECT_TRUE(at::equal(stepper.W_enc_bf16(), pc.W_enc.to(at::kBFloat16)));
+      EXPECT_TRUE(at::equal(stepper.W_dec_bf16(), pc.W_dec.to(at::kBFloat16)));
+      if (c.normalize) {
+        EXPECT_LT(max_abs_diff(pc.W_dec.norm(2, {1}), at::ones({c.f})), 1e-5);
+      }
+    }
+  }
+#endif
+}
+
+TEST(CudaSaeStep, FiniteGradGateSkipsAnUpdateWithAnOverflowingGradient) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  check_overflow_step(kGpu, /*use_cuda=*/true);
+#endif
+}
+
+TEST(CudaSaeStep, AllowUpdateFalseChangesNothing) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  auto o = at::TensorOptions().device(kGpu);
+  Params p = Params::init(128, 1024, kGpu, 5);
+  AdamState s = AdamState::zeros_like(p);
+  at::Tensor since = at::zeros({1024}, o.dtype(at::kLong));
+  StepConfig cfg;
+  cfg.k = 8;
+  cfg.allow_update = at::zeros({}, o.dtype(at::kBool));
+  Params before = p.clone();
+  Stepper stepper(Backend::Cuda);
+  StepStats st = stepper.step(p, s, since, at::randn({64, 128}, o), cfg);
+  EXPECT_FALSE(st.ok.item<bool>());
+  EXPECT_TRUE(at::equal(p.W_enc, before.W_enc) && at::equal(p.W_dec, before.W_dec) &&
+              at::equal(p.b_enc, before.b_enc) && at::equal(p.b_dec, before.b_dec));
+  EXPECT_EQ(s.W_dec_m.abs().max().item<float>(), 0.f);
+  EXPECT_EQ(since.abs().max().item<int64_t>(), 0);  // counters advance only with an update
+  EXPECT_TRUE(at::isfinite(st.loss).item<bool>());
+  // The next step (updates allowed) starts from copies that still match the weights.
+  cfg.allow_update = at::Tensor();
+  stepper.step(p, s, since, at::randn({64, 128}, o), cfg);
+  EXPECT_TRUE(at::equal(stepper.W_enc_bf16(), p.W_enc.to(at::kBFloat16)));
+#endif
+}
+
+TEST(CudaSaeStep, UnsupportedShapesFallBackToTheReference) {
+  MLXTERP_REQUIRE_CUDA_KERNELS();
+#ifdef MLXTERP_HAVE_CUDA_KERNELS
+  Params p = Params::init(12, 64, kGpu, 0);  // d_in = 12: not a multiple of 8
+  AdamState s = AdamState::zeros_like(p);
+  at::Tensor since = at::zeros({64}, at::TensorOptions().device(kGpu).dtype(at::kLong));
+  StepConfig cfg;
+  cfg.k = 4;
+  at::Tensor x = at::randn({16, 12}, at::TensorOptions().device(kGpu));
+  EXPECT_NE(cuda_unsupported_reason(p, x, cfg).find("d_in = 12"), std::string::npos);
+  Stepper stepper;
+  stepper.step(p, s, since, x, cfg);
+  EXPECT_EQ(stepper.last_backend(), Backend::Reference);
+  Stepper forced(Backend::Cuda);
+  EXPECT_THROW(forced.step(p, s, since, x, cfg), Error);
+#endif
+}
