@@ -118,7 +118,9 @@ TEST(SaeFeatures, StreamingStatisticsMatchBruteForce) {
     EXPECT_EQ(f.samples.size(), std::min<size_t>(7, occ.size()));
     for (size_t i = 0; i < f.samples.size(); ++i) {
       const auto& sm = f.samples[i];
-      if (i) EXPECT_LE(f.samples[i - 1].value, sm.value);
+      if (i) {
+        EXPECT_LE(f.samples[i - 1].value, sm.value);
+      }
       bool found = std::any_of(occ.begin(), occ.end(), [&](const Occ& x) {
         return x.doc == sm.doc && x.piece == sm.piece && x.pos == sm.position && std::fabs(x.v - sm.value) < 1e-5;
       });
