@@ -66,13 +66,14 @@ void start_rec(Rec& r, float v, int64_t seq, int64_t pos, const SeqBatch& b) {
   r.seq = seq;
 }
 
-// Model final-norm gain per residual dimension: (norm(s·e_i) - norm(-s·e_i))_i / 2 with s = sqrt(d). Exactly the
-// RMSNorm weight (incl. Gemma's 1 + w); the LayerNorm weight up to a factor common to all dimensions.
+// Model final-norm gain per residual dimension: (norm(s e_i) - norm(-s e_i))_i / (2 sqrt(d)). RMSNorm maps s e_i to
+// s e_i / rms(s e_i) * w = sqrt(d) w_i e_i (any s > 0), so this is exactly the RMSNorm weight (incl. Gemma's 1 + w); for LayerNorm
+// it is the weight up to a factor common to all dimensions.
 at::Tensor final_norm_gain(const Model& m) {
   const int64_t d = m.config().d_model;
   auto opt = at::TensorOptions().device(m.device()).dtype(m.dtype());
   at::Tensor e = at::eye(d, opt) * std::sqrt(double(d));
-  return ((m.final_norm(e) - m.final_norm(-e)) / 2).diagonal().to(at::kFloat);
+  return ((m.final_norm(e) - m.final_norm(-e)) / (2 * std::sqrt(double(d)))).diagonal().to(at::kFloat);
 }
 
 }  // namespace

@@ -66,8 +66,12 @@ TEST(SaeFeaturesBrowser, DashboardLoadsSearchesSortsAndShowsAFeature) {
   browser::PageResult fv = browser::open_page(t.file("dash/index.html#feature=" + std::to_string(best->feature)), t.path);
   EXPECT_TRUE(fv.console.empty()) << console_text(fv);
   EXPECT_NE(fv.dom.find("<h2>Feature " + std::to_string(best->feature) + "</h2>"), std::string::npos);
+  // Count the rendered contexts inside the app (the inline script's source also spells the class name).
+  const size_t app_at = fv.dom.find("<main id=\"app\""), app_end = fv.dom.find("</main>", app_at);
+  ASSERT_NE(app_at, std::string::npos);
+  const std::string app = fv.dom.substr(app_at, app_end - app_at);
   size_t n_ctx = 0;
-  for (size_t p = fv.dom.find("class=\"ctx\""); p != std::string::npos; p = fv.dom.find("class=\"ctx\"", p + 1)) ++n_ctx;
+  for (size_t p = app.find("class=\"ctx\""); p != std::string::npos; p = app.find("class=\"ctx\"", p + 1)) ++n_ctx;
   EXPECT_EQ(n_ctx, best->top.size() + best->samples.size());  // top contexts + quantile samples
   EXPECT_NE(fv.dom.find("id=\"act-hist\""), std::string::npos);
   EXPECT_NE(fv.dom.find("id=\"logit-table\""), std::string::npos);
