@@ -375,8 +375,16 @@ int64_t allocated_memory_bytes(at::Device) { return -1; }
 void empty_cache(at::Device) {}
 #else
 namespace {
+// The caching allocator is set up lazily by the first CUDA allocation; its stats calls throw "Invalid
+// device argument ...: did you call init?" before that, so touch the device once first.
 c10::DeviceIndex index_of(at::Device device) {
-  return device.has_index() ? device.index() : c10::cuda::current_device();
+  const c10::DeviceIndex index = device.has_index() ? device.index() : c10::cuda::current_device();
+  static const bool initialised = [&] {
+    (void)at::empty({1}, at::TensorOptions().device(at::Device(at::kCUDA, index)));
+    return true;
+  }();
+  (void)initialised;
+  return index;
 }
 }  // namespace
 
@@ -410,7 +418,9 @@ int64_t allocated_memory_bytes(at::Device device) {
 }
 
 void empty_cache(at::Device device) {
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+  if (!device.is_cuda()) return;
+  (void)index_of(device);
+  c10::cuda::CUDACachingAllocator::emptyCache();
 }
 
 #endif  // MLXTERP_CUDA_EMULATE

@@ -196,12 +196,21 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const int64_t n_rep = q.size(1) / k.size(1);
   MLXTERP_ASSERT(q.size(1) % k.size(1) == 0);
   const double scale = o.scale > 0 ? o.scale : 1.0 / std::sqrt(double(q.size(-1)));
-  at::Tensor kr = repeat_kv(k, n_rep), vr = repeat_kv(v, n_rep);
 #if TORCH_VERSION_MAJOR >= 2
   if (!o.need_weights && !o.softcap && !weights) {
-    return at::scaled_dot_product_attention(q, kr, vr, mask, 0.0, false, scale);
+    // The plain causal case goes without a mask so SDPA can pick FlashAttention (as HF's sdpa path does),
+    // and since 2.5 with grouped K/V heads as they are (no repeat_kv copies).
+    if (o.causal_only && q.size(2) == k.size(2)) {
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 5
+      return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale, /*enable_gqa=*/n_rep > 1);
+#else
+      return at::scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), {}, 0.0, true, scale);
+#endif
+    }
+    return at::scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, 0.0, false, scale);
   }
 #endif
+  at::Tensor kr = repeat_kv(k, n_rep), vr = repeat_kv(v, n_rep);
   at::Tensor scores = at::matmul(q, kr.transpose(-1, -2)) * scale;  // [b, h, t, T]
   if (o.softcap) scores = at::tanh(scores / *o.softcap) * *o.softcap;
   scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());

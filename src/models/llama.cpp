@@ -157,6 +157,8 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const ForwardArgs& args, H
   ctx.full_mask = blocks::attention_mask(ctx.batch, ctx.t, ctx.past, args.attention_mask, std::nullopt, dev);
   if (config_.sliding_window)
     ctx.sliding_mask = blocks::attention_mask(ctx.batch, ctx.t, ctx.past, args.attention_mask, config_.sliding_window, dev);
+  ctx.full_causal_only = ctx.past == 0 && !args.attention_mask.defined();
+  ctx.sliding_causal_only = ctx.full_causal_only && (!config_.sliding_window || *config_.sliding_window >= ctx.t);
 
   at::Tensor x = embed_block(tok, ctx, H);  // [b, t, d_model]
   if (H.done()) return {};
@@ -240,6 +242,7 @@ at::Tensor LlamaModel::attend(int i, QKV p, Context& ctx, Hooks& H) {
   blocks::AttentionOptions ao = attention_options(i);
   const bool need_w = H.wants(s.attn_weights);
   ao.need_weights = need_w;
+  ao.causal_only = c.is_sliding(i) ? ctx.sliding_causal_only : ctx.full_causal_only;
   at::Tensor probs;
   at::Tensor o = blocks::attention(q, k, v, mask, ao, need_w ? &probs : nullptr);  // [b, n_heads, t, d_head]
   if (need_w) {

@@ -39,6 +39,9 @@ class LlamaModel : public Model {
     int64_t batch = 0, t = 0, past = 0;
     at::Tensor positions;               // [b, t]
     at::Tensor full_mask, sliding_mask;  // [b, 1, t, t_total] bool
+    // The mask is exactly the causal triangle (no cache, no padding, window >= t): attention may use
+    // SDPA's is_causal path (FlashAttention) instead of the explicit mask.
+    bool full_causal_only = false, sliding_causal_only = false;
     std::map<std::string, std::pair<at::Tensor, at::Tensor>> cos_sin;  // by layer type
     KVCache* cache = nullptr;
   };

@@ -22,7 +22,8 @@ Golden load_golden(const std::string& name, const std::string& config_file = "co
 std::unique_ptr<Model> build(const Golden& g, at::ScalarType dtype = at::kFloat);
 // Builds a model from explicit config + weights (e.g. read back from a GGUF).
 std::unique_ptr<Model> build(const ModelConfig& c, TensorMap w, at::ScalarType dtype = at::kFloat);
-void expect_close(const at::Tensor& got, const at::Tensor& want, double tol, const std::string& what);
+// Expects |got - want|max < tol (same shapes); returns that error (inf when not comparable).
+double expect_close(const at::Tensor& got, const at::Tensor& want, double tol, const std::string& what);
 
 // Every layer output, attention and MLP block output, attention weights, final norm and logits
 // within 1e-4 (weights 1e-5) in fp32; MoE router logits too when the golden has them.

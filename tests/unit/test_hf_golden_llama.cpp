@@ -3,6 +3,7 @@
 // logits and attention weights within 1e-4 in fp32; padded batches; greedy generation; bf16 bounds;
 // both config.json generations.
 #include "common.hpp"
+#include "hf_golden.hpp"
 #include "mlxterp/trace.hpp"
 
 using namespace mlxterp;
@@ -10,52 +11,12 @@ using namespace mlxterp::test;
 
 namespace {
 
-struct Golden {
-  std::string dir;
-  ModelConfig config;
-  TensorMap ref;
-};
-
-Golden load_golden(const std::string& name, const std::string& config_file = "config.json") {
-  Golden g;
-  g.dir = golden_path("hf/" + name);
-  std::string cfg_path = join_path(g.dir, config_file);
-  g.config = parse_hf_config(nlohmann::json::parse(read_file(cfg_path)), cfg_path);
-  g.ref = SafeTensors::open(join_path(g.dir, "reference.safetensors")).all();
-  return g;
-}
-
-std::unique_ptr<Model> build(const Golden& g, at::ScalarType dtype = at::kFloat) {
-  auto m = create_model(g.config, load_safetensors_model(g.dir));
-  m->to(test_device(), dtype);
-  return m;
-}
-
-void expect_close(const at::Tensor& got, const at::Tensor& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  double err = max_abs_diff(got, want);
-  EXPECT_LT(err, tol) << what << ": max abs error " << err;
-}
-
-void check_forward(const std::string& name, const std::string& config_file) {
-  Golden g = load_golden(name, config_file);
-  auto m = build(g);
-  const SiteTable& S = m->sites();
-  Hooks h(S);
-  h.capture_all(/*include_on_request=*/true);
-  at::Tensor logits = m->forward(g.ref.at("input_ids").to(test_device()), {}, h);
-  const std::string tag = name + " (" + config_file + ")";
-  for (int i = 0; i < g.config.n_layers; ++i) {
-    const std::string l = std::to_string(i);
-    expect_close(h.captured(S.resolve_component(i, "")), g.ref.at("layer." + l), 1e-4, tag + " layer " + l);
-    expect_close(h.captured(S.resolve_component(i, "self_attn")), g.ref.at("attn." + l), 1e-4, tag + " attn " + l);
-    expect_close(h.captured(S.resolve_component(i, "mlp")), g.ref.at("mlp." + l), 1e-4, tag + " mlp " + l);
-    expect_close(h.captured(S.resolve_component(i, "self_attn.attention_weights")), g.ref.at("attn_weights." + l),
-                 1e-5, tag + " attention weights " + l);
-  }
-  expect_close(h.captured(S.resolve("model.norm")), g.ref.at("final_norm"), 1e-4, tag + " final norm");
-  expect_close(logits, g.ref.at("logits"), 1e-4, tag + " logits");
-}
+// The shared golden helpers (hf_golden.hpp) serve every family.
+using hf::build;
+using hf::check_forward;
+using hf::expect_close;
+using hf::Golden;
+using hf::load_golden;
 
 class HFLlamaFamily : public ::testing::TestWithParam<std::string> {};
 
