@@ -137,4 +137,11 @@ InterventionFn sae_edit(SaeCodec codec, std::vector<LatentEdit> edits, bool keep
 // Returns {canonical site name, intervention}. Throws mlxterp::Error naming the spec on any problem.
 std::pair<std::string, InterventionFn> parse_intervention(std::string_view spec, const Model& model);
 
+// Extra ACTION forms contributed by other modules (e.g. the SAE latent forms `sae:DIR:LATENT:clamp:V`, registered
+// by src/sae_eval/steering.cpp). `verb` is ACTION up to its first ':'; the parser gets what follows it, the
+// resolved site and the whole spec (for messages). `usage` is listed in parse_intervention's error messages.
+using InterventionFormParser =
+    std::function<InterventionFn(const std::string& arg, int site, const Model& model, const std::string& spec)>;
+bool register_intervention_form(const std::string& verb, const std::string& usage, InterventionFormParser parser);
+
 }  // namespace mlxterp::iv

@@ -1,4 +1,6 @@
 // The CLI's --intervene SPEC forms (interventions.hpp: parse_intervention).
+#include <map>
+
 #include "mlxterp/analysis_steering.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/interventions.hpp"
@@ -53,7 +55,26 @@ double parse_number(const std::string& s, const std::string& what, const std::st
   }
 }
 
+struct ExtraForm {
+  std::string usage;
+  InterventionFormParser parser;
+};
+std::map<std::string, ExtraForm>& extra_forms() {
+  static std::map<std::string, ExtraForm> m;
+  return m;
+}
+std::string extra_usage() {
+  std::string u;
+  for (const auto& [verb, f] : extra_forms()) u += " | " + f.usage;
+  return u;
+}
+
 }  // namespace
+
+bool register_intervention_form(const std::string& verb, const std::string& usage, InterventionFormParser parser) {
+  extra_forms()[verb] = {usage, std::move(parser)};
+  return true;
+}
 
 std::pair<std::string, InterventionFn> parse_intervention(std::string_view spec_view, const Model& model) {
   const std::string spec(spec_view);
@@ -142,9 +163,10 @@ std::pair<std::string, InterventionFn> parse_intervention(std::string_view spec_
     at::Tensor v = pick_tensor(file, tensor, S, site, spec);
     return {canonical, replace_with(v, Align::Start)};
   }
+  if (auto it = extra_forms().find(verb); it != extra_forms().end()) return {canonical, it->second.parser(arg, site, model, spec)};
   MLXTERP_FAIL("--intervene ", quote(spec), ": unknown action '", verb,
                "'; expected zero | scale:F | clamp:LO:HI | noise:STD[:SEED] | add:FILE.safetensors[:TENSOR][*STRENGTH] | "
-               "replace:FILE.safetensors[:TENSOR]");
+               "replace:FILE.safetensors[:TENSOR]", extra_usage());
 }
 
 }  // namespace mlxterp::iv
