@@ -44,7 +44,7 @@ class GemmaModel : public FamilyModel {
   }
 
   at::Tensor embed(const at::Tensor& ids) const override {
-    at::Tensor x = at::embedding(embed_w_, ids);
+    at::Tensor x = at::embedding(embed_w_, ids.to(embed_w_.device()));
     // HF multiplies by sqrt(hidden_size) held in the activation dtype.
     return x * at::scalar_tensor(std::sqrt(double(config_.d_model)), x.options());
   }

@@ -30,8 +30,8 @@ class GPT2Model : public FamilyModel {
   }
 
   at::Tensor embed(const at::Tensor& ids) const override {
-    at::Tensor pos = at::arange(ids.size(-1), at::TensorOptions().dtype(at::kLong).device(ids.device()));
-    return at::embedding(embed_w_, ids) + at::embedding(wpe_, pos);
+    at::Tensor pos = at::arange(ids.size(-1), at::TensorOptions().dtype(at::kLong).device(embed_w_.device()));
+    return at::embedding(embed_w_, ids.to(embed_w_.device())) + at::embedding(wpe_, pos);
   }
   at::Tensor final_norm(const at::Tensor& h) const override {
     return blocks::layer_norm(h, norm_w_, norm_b_, config_.norm_eps);

@@ -130,7 +130,7 @@ at::Tensor LlamaModel::norm(const at::Tensor& x, const at::Tensor& w) const {
   return blocks::rms_norm(x, w, config_.norm_eps);
 }
 
-at::Tensor LlamaModel::embed(const at::Tensor& ids) const { return at::embedding(embed_w_, ids); }
+at::Tensor LlamaModel::embed(const at::Tensor& ids) const { return at::embedding(embed_w_, ids.to(embed_w_.device())); }
 at::Tensor LlamaModel::final_norm(const at::Tensor& h) const { return norm(h, norm_w_); }
 at::Tensor LlamaModel::unembed(const at::Tensor& h) const { return at::linear(h, head_w_); }
 at::Tensor LlamaModel::unembedding_matrix() const { return head_w_.t(); }

@@ -23,7 +23,7 @@ class NeoXModel : public FamilyModel {
     init();
   }
 
-  at::Tensor embed(const at::Tensor& ids) const override { return at::embedding(embed_w_, ids); }
+  at::Tensor embed(const at::Tensor& ids) const override { return at::embedding(embed_w_, ids.to(embed_w_.device())); }
   at::Tensor final_norm(const at::Tensor& h) const override {
     return blocks::layer_norm(h, norm_w_, norm_b_, config_.norm_eps);
   }

@@ -130,11 +130,11 @@ TEST(AnalysisAttention, CopyingScoreMatchesTheFullVocabularyCircuit) {
   at::Tensor fast = copying_scores(model, {0, 3});
   ASSERT_EQ(fast.sizes(), (std::vector<int64_t>{2, c.n_heads}));
   // Full V x V circuit for layer 3, head 5: W_U^T W_O^h W_V^h W_E^T (512 x 512).
-  at::Tensor WE = model.embed(at::arange(c.d_vocab, at::kLong).unsqueeze(0))[0].to(at::kDouble);
-  at::Tensor WU = model.unembedding_matrix().to(at::kDouble);
+  at::Tensor WE = model.embed(at::arange(c.d_vocab, at::kLong).unsqueeze(0))[0].to(at::kCPU, at::kDouble);
+  at::Tensor WU = model.unembedding_matrix().to(at::kCPU, at::kDouble);
   const int64_t h = 5, rep = c.n_heads / c.n_kv_heads;
-  at::Tensor Wv = model.w("model.layers.3.self_attn.v_proj.weight").to(at::kDouble).narrow(0, (h / rep) * c.d_head, c.d_head);
-  at::Tensor Wo = model.w("model.layers.3.self_attn.o_proj.weight").to(at::kDouble).narrow(1, h * c.d_head, c.d_head);
+  at::Tensor Wv = model.w("model.layers.3.self_attn.v_proj.weight").to(at::kCPU, at::kDouble).narrow(0, (h / rep) * c.d_head, c.d_head);
+  at::Tensor Wo = model.w("model.layers.3.self_attn.o_proj.weight").to(at::kCPU, at::kDouble).narrow(1, h * c.d_head, c.d_head);
   at::Tensor full = WU.t().matmul(Wo).matmul(Wv).matmul(WE.t());
   at::Tensor ev = at::linalg_eigvals(full);
   double want = at::real(ev).sum().item<double>() / ev.abs().sum().item<double>();

@@ -17,7 +17,7 @@ at::Tensor site_after(const InterpretableModel& m, const std::string& site, Inte
   TraceOptions o;
   o.sites = {site};
   if (fn) o.interventions.push_back({site, fn});
-  return m.trace_ids(ids_tensor(ids), {}, o).get(site);
+  return m.trace_ids(ids_tensor(ids), {}, o).get(site).cpu();  // the test's own tensors are on the CPU
 }
 
 TEST(AnalysisInterventions, BasicEditsDoWhatTheySay) {

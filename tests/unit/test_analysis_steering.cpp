@@ -42,7 +42,7 @@ TEST(AnalysisSteering, MeanDifferenceAndPcaDefinitions) {
   auto last = [&](const std::string& t) {
     TraceOptions to;
     to.sites = {"model.layers.2"};
-    at::Tensor a = m.trace(t, to).get("model.layers.2")[0];
+    at::Tensor a = m.trace(t, to).get("model.layers.2")[0].cpu();
     return a[a.size(0) - 1];
   };
   at::Tensor pos = at::zeros({64}), neg = at::zeros({64});
@@ -89,7 +89,7 @@ TEST(AnalysisSteering, FilesRoundTrip) {
   a.sites = b.sites = {"model.layers.3"};
   b.interventions.push_back({site, fn});
   at::Tensor ids = ids_tensor({1, 403, 407, 261});
-  EXPECT_LT(max_abs_diff(m.trace_ids(ids, {}, b).get(site), m.trace_ids(ids, {}, a).get(site) + sv.vector(3) * 2), 1e-5);
+  EXPECT_LT(max_abs_diff(m.trace_ids(ids, {}, b).get(site).cpu(), m.trace_ids(ids, {}, a).get(site).cpu() + sv.vector(3).cpu() * 2), 1e-5);
   // GGUF control vector round trip.
   ControlVector cv = to_control_vector(sv, "llama", m.n_layers());
   save_control_vector(tmp.file("c.gguf"), cv);
@@ -137,7 +137,7 @@ TEST(AnalysisSteering, ControlVectorMatchesLlamaCpp) {
     TraceOptions o;
     o.capture = false;
     o.interventions = iv;
-    return m.trace_ids(ids_tensor(ids), {}, o).logits[0].index_select(0, pos).to(at::kDouble).cpu();
+    return m.trace_ids(ids_tensor(ids), {}, o).logits[0].cpu().index_select(0, pos).to(at::kDouble);
   };
   // Our forward agrees with llama.cpp's without a vector. llama.cpp's default context keeps K and V in
   // F16, which alone moves its logits by ~0.01; that sets the tolerance.
@@ -211,7 +211,7 @@ TEST(AnalysisSteering, StrengthShiftsGenerations) {
         TraceOptions to;
         to.capture = false;
         to.interventions = steer;
-        at::Tensor pr = at::softmax(m.trace_ids(ids_tensor(all), {}, to).logits[0].to(at::kDouble), -1);
+        at::Tensor pr = at::softmax(m.trace_ids(ids_tensor(all), {}, to).logits[0].cpu().to(at::kDouble), -1);
         const int64_t n0 = int64_t(r.prompt_ids.size()) - 1, n = int64_t(r.new_ids.size());
         pr = pr.slice(0, n0, n0 + n);
         pf += pr.index_select(1, fi).sum().item<double>();

@@ -46,7 +46,7 @@ TEST(HFMoESites, ExpertSitesRecombineIntoTheBlockOutput) {
                           h.captured(S.resolve(p + ".shared_expert"));
     hf::expect_close(total, h.captured(S.resolve(p)), 1e-5, name + " mlp");
     // Every token uses exactly top-k experts.
-    EXPECT_TRUE(at::equal((w != 0).sum(-1), at::full({2, 12}, 2, at::kLong))) << name;
+    EXPECT_TRUE(at::equal((w != 0).sum(-1).cpu(), at::full({2, 12}, 2, at::kLong))) << name;
   }
   auto mix = hf::build(hf::load_golden("mixtral"));
   EXPECT_EQ(mix->sites().resolve("model.layers.0.block_sparse_moe"), mix->sites().resolve("model.layers.0.mlp"));

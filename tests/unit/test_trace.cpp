@@ -153,8 +153,9 @@ TEST(TraceCli, OutWritesTensorsKeyedAsRequested) {
   EXPECT_EQ(st.names(), (std::vector<std::string>{"blocks.1.hook_resid_post", "logits", "model.layers.0.mlp"}));
   auto m = golden_model();
   TraceResult ref = m.trace_ids(at::tensor(std::vector<int64_t>{1, 40, 41}, at::kLong).unsqueeze(0));
-  EXPECT_TRUE(at::allclose(st.get("logits"), ref.logits.cpu().to(at::kFloat)));
-  EXPECT_TRUE(at::allclose(st.get("blocks.1.hook_resid_post"), ref.get("model.layers.1").cpu()));
+  // The CLI runs on the CPU; the reference on the test device (a GPU's reductions differ by ~1e-6).
+  EXPECT_TRUE(at::allclose(st.get("logits"), ref.logits.cpu().to(at::kFloat), 1e-4, 1e-5));
+  EXPECT_TRUE(at::allclose(st.get("blocks.1.hook_resid_post"), ref.get("model.layers.1").cpu(), 1e-4, 1e-5));
   EXPECT_EQ(st.get("logits").scalar_type(), at::kFloat);
 }
 
