@@ -161,8 +161,12 @@ TEST(AnalysisInterventions, NoiseIsSeededAndHeadsAreSlices) {
 // A toy SAE (ReLU encoder, linear decoder) through the codec interface.
 struct ToySae {
   at::Tensor W_enc, b_enc, W_dec, b_dec;  // [d_sae, d], [d_sae], [d_sae, d], [d]
-  at::Tensor encode(const at::Tensor& x) const { return at::relu(at::linear(x - b_dec, W_enc, b_enc)); }
-  at::Tensor decode(const at::Tensor& z) const { return z.matmul(W_dec) + b_dec; }
+  // Weights follow the input's device (the intervention runs where the model runs; the test checks on the CPU).
+  at::Tensor encode(const at::Tensor& x) const {
+    const auto d = x.device();
+    return at::relu(at::linear(x - b_dec.to(d), W_enc.to(d), b_enc.to(d)));
+  }
+  at::Tensor decode(const at::Tensor& z) const { return z.matmul(W_dec.to(z.device())) + b_dec.to(z.device()); }
 };
 
 TEST(AnalysisInterventions, SaeLatentEditsKeepTheErrorTerm) {
