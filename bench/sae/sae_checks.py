@@ -121,7 +121,10 @@ def main():
         rows = [l.split("\t") for l in open(args[0]).read().splitlines()[1:] if l.strip()]
         t, step, rss, hwm = (np.array([float(r[i]) for r in rows]) for i in range(4))
         rss, hwm = rss / 1024, hwm / 1024
-        q = [(step > total * a / 4) & (step <= total * b / 4) for a, b in [(0, 1), (1, 2), (2, 3), (3, 4)]]
+        # A sample carries the last step logged before it; the final log row (step == total) comes after the
+        # last training step, so samples tagged `total` are the post-training phase (validation, saving).
+        train = step < total
+        q = [train & (step > total * a / 4) & (step <= total * b / 4) for a, b in [(0, 1), (1, 2), (2, 3), (3, 4)]]
         upto25 = step <= total / 4
         res = {"steps": total, "samples": len(rows), "sample_period_s": float(np.median(np.diff(t))) if len(t) > 1 else None,
                "samples_per_quarter": [int(m.sum()) for m in q],
@@ -130,7 +133,8 @@ def main():
                "median_rss_mb_per_quarter": [float(np.median(rss[m])) if m.any() else None for m in q],
                "min_rss_mb_per_quarter": [float(rss[m].min()) if m.any() else None for m in q],
                "max_rss_mb_per_quarter": [float(rss[m].max()) if m.any() else None for m in q],
-               "final_vmhwm_mb": float(hwm.max())}
+               "final_vmhwm_mb": float(hwm.max()),
+               "peak_rss_mb_post_training": float(rss[~train].max()) if (~train).any() else None}
         res["growth_peak_pct"] = 100.0 * (res["peak_rss_mb_whole_run"] - res["peak_rss_mb_upto_25pct"]) / res["peak_rss_mb_upto_25pct"]
         m2, m4 = res["median_rss_mb_per_quarter"][1], res["median_rss_mb_per_quarter"][3]
         res["growth_median_q2_to_q4_pct"] = 100.0 * (m4 - m2) / m2
