@@ -15,8 +15,9 @@
 #     Training both from one cache is what makes "the same tokens" exact (streaming would redo the model
 #     forward every epoch, which on this shared 2-core machine costs minutes per epoch).
 #  3. (item 3, item 6 end-to-end) one streaming TopK run over the whole subset (STREAM_EPOCHS epochs, the model
-#     runs as training consumes the activations), RSS logged at every metric sync (rss_mb in metrics.jsonl),
-#     peak RSS from /usr/bin/time -v; growth between 25% and 100% of the steps.
+#     runs as training consumes the activations), RSS logged at every metric sync (rss_mb in metrics.jsonl) and
+#     sampled from /proc every 50 ms (stream_rss.tsv); flatness = peak RSS up to 25% of the steps vs peak over
+#     the whole run, and the last quarter's median vs the second quarter's; peak RSS from /usr/bin/time -v.
 #  4. (item 4) the cache-trained TopK run again with checkpoints every CKPT steps, SIGKILLed KILLS times at
 #     random moments; after each kill the checkpoint on disk is verified complete and no temporary file is
 #     left, and training continues with --resume; the final weights are compared bitwise with an
@@ -46,7 +47,11 @@ SAE=(--layer 2 --component resid_post --threads "$THREADS" --plain-progress
      --set expansion_factor=16 --set k=32 --set batch_size=256 --set learning_rate="$LR" --set warmup_steps=100
      --set lr_scheduler=cosine --set validation_split=0.1 --set text_batch_size=32 --set context_size=256
      --set seed=42)
-CACHED=("${SAE[@]}" --data "$OUT/cache" --set num_epochs="$EPOCHS")
+# From the cache, a shuffle buffer that holds the whole training split (340,087 tokens here) = a full random
+# permutation of the training tokens every epoch, the reference's batch order. The auto buffer (131,072
+# tokens) mixes less, which costs BatchTopK (whose selection spans the batch) ~2% FVU (docs/sae-results.md).
+SHUFFLE=${SHUFFLE:-400000}
+CACHED=("${SAE[@]}" --data "$OUT/cache" --set num_epochs="$EPOCHS" --set shuffle_buffer_tokens="$SHUFFLE")
 
 # 1. the cache
 if [ ! -f "$OUT/cache/meta.json" ] || ! grep -q '"complete": *true' "$OUT/cache/meta.json"; then
@@ -110,10 +115,20 @@ $CHECK same-weights "$OUT/nokill" "$OUT/kill" > "$OUT/kill_same.json" || true
 if [ ! -f "$OUT/stream/weights.safetensors" ]; then
   log "streaming topk run ($STREAM_EPOCHS epoch(s) over the whole subset)"
   rm -rf "$OUT/stream"
+  mkdir -p "$OUT/stream/logs"
   /usr/bin/time -v "$BIN" sae train "${SAE[@]}" --model "$MODEL" --data "$TEXT" --set num_epochs="$STREAM_EPOCHS" \
-    --set sae_type=topk --out "$OUT/stream" --log-dir "$OUT/stream/logs" > "$OUT/stream.stdout" 2> "$OUT/stream.stderr"
+    --set sae_type=topk --out "$OUT/stream" --log-dir "$OUT/stream/logs" > "$OUT/stream.stdout" 2> "$OUT/stream.stderr" &
+  tpid=$!
+  # RSS sampled from outside every 50 ms (the trainer's own rss_mb is read only at metric syncs).
+  cpid=""
+  for _ in $(seq 100); do cpid=$(pgrep -P $tpid | head -1 || true); [ -n "$cpid" ] && break; sleep 0.02; done
+  [ -n "$cpid" ] && $CHECK sample-rss "$cpid" "$OUT/stream/logs/metrics.jsonl" "$OUT/stream_rss.tsv" 0.05 &
+  wait $tpid
+  wait
 fi
 $CHECK rss "$OUT/stream/logs/metrics.jsonl" > "$OUT/rss_stream.json" || true
+total_stream=$($PY -c "import json;print(json.load(open('$OUT/stream/config.json'))['steps'])")
+$CHECK rss-samples "$OUT/stream_rss.tsv" "$total_stream" > "$OUT/rss_stream_sampled.json" || true
 
 # Summary
 $PY - "$OUT" <<'EOF'
@@ -150,7 +165,8 @@ for arch in ["topk", "batchtopk"]:
 st = json.load(open(f"{out}/stream/config.json"))
 S["stream"] = {"timing": st["timing"], "final_metrics": st["final_metrics"], "steps": st["steps"],
                "tokens_seen": st["tokens_seen"], "process": timev(f"{out}/stream.stderr"),
-               "rss": json.load(open(f"{out}/rss_stream.json"))}
+               "rss": json.load(open(f"{out}/rss_stream.json")),
+               "rss_sampled_50ms": json.load(open(f"{out}/rss_stream_sampled.json"))}
 S["kill_resume"] = {"checks": [json.loads(l) for l in open(f"{out}/kill_checks.jsonl") if l.strip()],
                     "final_vs_uninterrupted": json.load(open(f"{out}/kill_same.json"))}
 json.dump(S, open(f"{out}/summary.json", "w"), indent=1)

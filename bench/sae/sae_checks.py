@@ -2,6 +2,15 @@
 """Helpers for bench/sae/run_full.sh (stdlib + numpy; run with /usr/bin/python3).
 
   sae_checks.py rss METRICS.jsonl            RSS over a run: value at 25% / 100% of the steps, growth, peak
+                                             (from the trainer's rss_mb, sampled at each metric sync)
+  sae_checks.py sample-rss PID METRICS.jsonl OUT.tsv [PERIOD_S]
+                                             poll /proc/PID/status (VmRSS, VmHWM) every PERIOD_S (0.05) seconds
+                                             until PID exits, tagging each sample with the last step logged in
+                                             METRICS.jsonl so far; writes "t_s step rss_kb hwm_kb" rows
+  sae_checks.py rss-samples OUT.tsv TOTAL_STEPS
+                                             flatness from those samples: peak RSS up to 25% of the steps vs peak
+                                             over the whole run (a steady oscillation is not growth), the median of
+                                             the last quarter vs the median of the second quarter, the final VmHWM
   sae_checks.py checkpoint FILE              FILE is a complete safetensors file (header parses, every tensor's
                                              byte range lies inside the file, sizes match dtype x shape, the size
                                              equals the header's end) with checkpoint metadata; prints its step
@@ -75,6 +84,61 @@ def main():
                "max_rss_mb_after_25pct": max(after), "peak_sampled_rss_mb": max(r["rss_mb"] for r in rows),
                "growth_25_to_100_pct": 100.0 * (max(after) - at25["rss_mb"]) / at25["rss_mb"]}
         res["flat"] = res["growth_25_to_100_pct"] < 5.0
+        print(json.dumps(res))
+        sys.exit(0 if res["flat"] else 1)
+    if cmd == "sample-rss":
+        import time
+        pid, metrics, out = int(args[0]), args[1], args[2]
+        period = float(args[3]) if len(args) > 3 else 0.05
+        step, mf, pending, t0 = 0, None, "", time.time()
+        with open(out, "w") as o:
+            o.write("t_s\tstep\trss_kb\thwm_kb\n")
+            while True:
+                try:
+                    st = open(f"/proc/{pid}/status").read()
+                except OSError:
+                    break
+                if mf is None and os.path.exists(metrics):
+                    mf = open(metrics)
+                if mf is not None:  # read only what was appended since the last poll
+                    pending += mf.read()
+                    *lines, pending = pending.split("\n")
+                    for l in lines:
+                        if '"split":"train"' in l.replace(" ", "") and '"step"' in l:
+                            try:
+                                step = max(step, int(json.loads(l)["step"]))
+                            except (ValueError, KeyError):
+                                pass
+                kv = dict(l.split(":", 1) for l in st.splitlines() if ":" in l)
+                if "VmRSS" not in kv:  # a zombie: the process has exited
+                    break
+                rss, hwm = (int(kv[k].split()[0]) for k in ("VmRSS", "VmHWM"))
+                o.write(f"{time.time() - t0:.3f}\t{step}\t{rss}\t{hwm}\n")
+                time.sleep(period)
+        sys.exit(0)
+    if cmd == "rss-samples":
+        total = int(args[1])
+        rows = [l.split("\t") for l in open(args[0]).read().splitlines()[1:] if l.strip()]
+        t, step, rss, hwm = (np.array([float(r[i]) for r in rows]) for i in range(4))
+        rss, hwm = rss / 1024, hwm / 1024
+        # A sample carries the last step logged before it; the final log row (step == total) comes after the
+        # last training step, so samples tagged `total` are the post-training phase (validation, saving).
+        train = step < total
+        q = [train & (step > total * a / 4) & (step <= total * b / 4) for a, b in [(0, 1), (1, 2), (2, 3), (3, 4)]]
+        upto25 = step <= total / 4
+        res = {"steps": total, "samples": len(rows), "sample_period_s": float(np.median(np.diff(t))) if len(t) > 1 else None,
+               "samples_per_quarter": [int(m.sum()) for m in q],
+               "peak_rss_mb_upto_25pct": float(rss[upto25].max()), "peak_rss_mb_whole_run": float(rss.max()),
+               "peak_rss_mb_after_25pct": float(rss[~upto25].max()),
+               "median_rss_mb_per_quarter": [float(np.median(rss[m])) if m.any() else None for m in q],
+               "min_rss_mb_per_quarter": [float(rss[m].min()) if m.any() else None for m in q],
+               "max_rss_mb_per_quarter": [float(rss[m].max()) if m.any() else None for m in q],
+               "final_vmhwm_mb": float(hwm.max()),
+               "peak_rss_mb_post_training": float(rss[~train].max()) if (~train).any() else None}
+        res["growth_peak_pct"] = 100.0 * (res["peak_rss_mb_whole_run"] - res["peak_rss_mb_upto_25pct"]) / res["peak_rss_mb_upto_25pct"]
+        m2, m4 = res["median_rss_mb_per_quarter"][1], res["median_rss_mb_per_quarter"][3]
+        res["growth_median_q2_to_q4_pct"] = 100.0 * (m4 - m2) / m2
+        res["flat"] = res["growth_peak_pct"] < 5.0 and res["growth_median_q2_to_q4_pct"] < 5.0
         print(json.dumps(res))
         sys.exit(0 if res["flat"] else 1)
     if cmd == "checkpoint":

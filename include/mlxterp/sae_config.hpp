@@ -36,7 +36,7 @@ struct SAEConfig {
   bool tied_weights = false;         // decoder rows = encoder rows (one matrix), separate b_dec
   bool decoder_unit_norm = true;     // decoder rows kept at unit L2 norm, gradient parallel to them removed
   std::string b_dec_init = "geometric_median";  // geometric_median | mean | zeros (of the first buffer)
-  bool normalize_input = true;       // per-dimension standardisation (mean/std of the first buffer); folded on export
+  bool normalize_input = true;       // x / s with one scalar s, E‖x/s‖² = d_in (first buffer); folded on export
   double jumprelu_bandwidth = 0.001;       // STE rectangle-kernel width ε
   double jumprelu_init_threshold = 0.001;  // initial θ (in normalised units)
 

@@ -105,7 +105,7 @@ const std::vector<Field>& table() {
     f.push_back(bool_f("tied_weights", &SAEConfig::tied_weights, "decoder rows = encoder rows (one matrix), separate b_dec"));
     f.push_back(bool_f("decoder_unit_norm", &SAEConfig::decoder_unit_norm, "keep decoder rows at unit norm, remove the gradient parallel to them"));
     f.push_back(str_f("b_dec_init", &SAEConfig::b_dec_init, "geometric_median | mean | zeros, from the first shuffle buffer"));
-    f.push_back(bool_f("normalize_input", &SAEConfig::normalize_input, "per-dimension standardisation from the first buffer; folded into the weights on export"));
+    f.push_back(bool_f("normalize_input", &SAEConfig::normalize_input, "one scalar rescale so that E||x||^2 = d_in (from the first buffer); folded into the weights on export"));
     f.push_back(num_f("jumprelu_bandwidth", &SAEConfig::jumprelu_bandwidth, "jumprelu: STE rectangle-kernel width"));
     f.push_back(num_f("jumprelu_init_threshold", &SAEConfig::jumprelu_init_threshold, "jumprelu: initial threshold"));
     f.push_back(num_f("learning_rate", &SAEConfig::learning_rate, "peak AdamW learning rate"));

@@ -107,12 +107,17 @@ SaeTrainState sae_init_state(const SAEConfig& c, int64_t d_in, const at::Tensor&
   at::Tensor buf = first_buffer.to(at::kFloat).to(device);
   at::Tensor xn = buf;
   if (c.normalize_input) {
-    at::Tensor mu = buf.mean(0);
-    at::Tensor sd = buf.std(0, /*unbiased=*/false);
-    sd = sd.clamp_min(1e-5 * sd.mean().item<double>() + 1e-12);  // a constant dimension must not divide by 0
-    st.input_mean = mu;
-    st.input_std = sd;
-    xn = (buf - mu) / sd;
+    // One dataset-level scale s with E‖x/s‖² = d (Anthropic April 2024, SAELens "expected_average_only_in",
+    // dictionary_learning's norm_factor up to √d): a scalar rescale leaves the minimiser of the raw-space MSE
+    // unchanged, so the SAE optimises the metric it is judged by. A per-dimension standardisation (the earlier
+    // default) re-weights the loss by 1/σ_j² per dimension and cost ~6-8% held-out FVU (docs/sae-results.md).
+    // The mean is not subtracted (b_dec absorbs any offset). Stored as [d_in] vectors: the file format and
+    // the export fold stay those of a per-dimension affine map.
+    const double ms = buf.pow(2).sum(1).mean().item<double>() / double(D);
+    const double s = std::sqrt(std::max(ms, 1e-24));
+    st.input_mean = at::zeros({D}, buf.options());
+    st.input_std = at::full({D}, s, buf.options());
+    xn = buf / s;
   }
   if (c.b_dec_init == "mean") st.params.b_dec = xn.mean(0);
   else if (c.b_dec_init == "geometric_median") st.params.b_dec = geometric_median(xn.narrow(0, 0, std::min<int64_t>(xn.size(0), 32768)));
