@@ -12,4 +12,4 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" 
       ${MLXTERP_CMAKE_ARGS:-} || exit 1
 cmake --build "$BUILD" -j "$(nproc)" || exit 1
 echo "build: $(( $(date +%s) - t0 )) s"
-MLXTERP_TEST_DEVICE=cuda ctest --test-dir "$BUILD" -j 8 --output-on-failure --timeout 600
+MLXTERP_TEST_DEVICE=cuda ctest --test-dir "$BUILD" -j "$(nproc)" --output-on-failure --timeout 600
