@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/tokenizer.hpp"
 #include "mlxterp/util.hpp"
@@ -25,12 +26,6 @@
 namespace {
 
 using json = nlohmann::json;
-
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> out;
@@ -107,8 +102,8 @@ int main(int argc, char** argv) {
         const std::string script = std::string(MLXTERP_BENCH_DIR) + "/reference/tokenizer_peer." + (peer == "node" ? "js" : "py");
         const char* py = std::getenv("MLXTERP_PYTHON");
         const std::string interp = peer == "node" ? "node" : (py ? py : "python3");
-        const std::string cmd = "RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false " + interp + " " + quote(script) + " " +
-                                quote(path) + " " + quote(text_file) + " " + std::to_string(repeats);
+        const std::string cmd = "RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false " + interp + " " + mlxterp::bench::shell_quote(script) + " " +
+                                mlxterp::bench::shell_quote(path) + " " + mlxterp::bench::shell_quote(text_file) + " " + std::to_string(repeats);
         FILE* p = ::popen(cmd.c_str(), "r");
         std::string out;
         char buf[4096];

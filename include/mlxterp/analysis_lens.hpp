@@ -147,6 +147,10 @@ LensResult tuned_lens(const InterpretableModel& m, const TunedLens& lens, const 
 
 // ---- pages --------------------------------------------------------------------------------------
 
+// The grid alone as an SVG heatmap: layers (rows, last on top) x positions, top-1 token per cell
+// coloured by its probability, tooltips with the top-k, KL to final and (if set) the target's rank.
+std::string lens_grid_svg(const LensResult& r, const std::string& title = "");
+
 // The grid: layers (rows, last on top) x positions, top-1 token per cell coloured by its
 // probability, hover for top-k; plus KL-to-final and target-rank heatmaps when present.
 report::Page lens_page(const LensResult& r, const std::string& title = "");

@@ -165,9 +165,7 @@ nlohmann::json LensResult::to_json() const {
 
 // ---- pages --------------------------------------------------------------------------------------
 
-namespace {
-
-std::string lens_grid(const LensResult& r, const std::string& title) {
+std::string lens_grid_svg(const LensResult& r, const std::string& title) {
   const int64_t R = int64_t(r.layers.size()), P = int64_t(r.positions.size());
   report::Heatmap hm;
   hm.title = title;
@@ -200,6 +198,8 @@ std::string lens_grid(const LensResult& r, const std::string& title) {
   return report::heatmap_svg(hm);
 }
 
+namespace {
+
 std::string value_grid(const LensResult& r, const at::Tensor& values, const std::string& title, const std::string& bar,
                        bool integer) {
   const int64_t R = int64_t(r.layers.size());
@@ -229,7 +229,7 @@ report::Page lens_page(const LensResult& r, const std::string& title0) {
                  std::string(r.lens == "tuned" ? "the layer's trained translator, " : "") +
                  "the final norm and the unembedding; colour = its probability. Hover a cell for the top-k and the KL "
                  "divergence to the model's final distribution.");
-  page.html(lens_grid(r, "Top-1 prediction"));
+  page.html(lens_grid_svg(r, "Top-1 prediction"));
   page.html(value_grid(r, r.kl_to_final, "KL(final || lens), nats", "nats", false));
   if (r.target) {
     page.html(value_grid(r, r.target_rank, "Rank of the target token " + quote(r.target_token), "rank", true));
@@ -244,8 +244,8 @@ report::Page lens_comparison_page(const LensResult& logit, const LensResult& tun
   for (const auto& t : logit.input_tokens) text += t;
   page.html("<p class=\"mx-meta\">Input: <code>" + report::html_escape(text) + "</code></p>");
   page.style(".mx-side { display: flex; flex-wrap: wrap; gap: 24px; } .mx-side > div { flex: 1 1 480px; }");
-  page.html("<div class=\"mx-side\"><div><h2>Logit lens</h2>" + lens_grid(logit, "") + "</div><div><h2>Tuned lens</h2>" +
-            lens_grid(tuned, "") + "</div></div>");
+  page.html("<div class=\"mx-side\"><div><h2>Logit lens</h2>" + lens_grid_svg(logit, "") + "</div><div><h2>Tuned lens</h2>" +
+            lens_grid_svg(tuned, "") + "</div></div>");
   // Per-layer KL on this prompt (mean over positions).
   report::Table t;
   t.header = {"layer", "logit lens KL (this prompt)", "tuned lens KL (this prompt)"};

@@ -72,31 +72,7 @@ void Report::lens(const LensResult& r) {
   page_.heading("3. Logit lens");
   page_.paragraph("Top-1 token of unembed(final_norm(h)) for the residual stream h after each block (last block on top), "
                   "coloured by its probability; hover a cell for the top-3.");
-  report::Heatmap hm;
-  const int64_t R = int64_t(r.layers.size()), C = int64_t(r.positions.size());
-  hm.values.rows = R;
-  hm.values.cols = C;
-  hm.values.data.resize(size_t(R * C));
-  hm.cell_text.assign(size_t(R), std::vector<std::string>(size_t(C)));
-  hm.tooltips.assign(size_t(R), std::vector<std::string>(size_t(C)));
-  for (int64_t i = 0; i < R; ++i) {
-    const int64_t row = R - 1 - i;  // last layer on top
-    hm.row_labels.push_back("L" + std::to_string(r.layers[size_t(row)]));
-    for (int64_t j = 0; j < C; ++j) {
-      const auto& top = r.top[size_t(row)][size_t(j)];
-      hm.values.at(i, j) = top[0].prob;
-      hm.cell_text[size_t(i)][size_t(j)] = top[0].token;
-      std::string tip;
-      for (const auto& p : top) tip += p.token + "  " + fixed(p.prob, 3) + "\n";
-      hm.tooltips[size_t(i)][size_t(j)] = tip;
-    }
-  }
-  for (int64_t p : r.positions) hm.col_labels.push_back(r.input_tokens[size_t(p)]);
-  hm.vmin = 0;
-  hm.vmax = 1;
-  hm.x_label = "input token (the prediction is for the next one)";
-  hm.colorbar_label = "probability";
-  page_.html("<div id=\"lens\">" + report::heatmap_svg(hm) + "</div>");
+  page_.html("<div id=\"lens\">" + lens_grid_svg(r) + "</div>");
 }
 
 void Report::patching(const PatchResult& r) {
