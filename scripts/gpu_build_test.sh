@@ -12,4 +12,6 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" 
       ${MLXTERP_CMAKE_ARGS:-} || exit 1
 cmake --build "$BUILD" -j "$(nproc)" || exit 1
 echo "build: $(( $(date +%s) - t0 )) s"
-MLXTERP_TEST_DEVICE=cuda ctest --test-dir "$BUILD" -j "$(nproc)" --output-on-failure --timeout 600
+# One test per core, one OpenMP thread each (more threads spin against each other and slow every test down).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+MLXTERP_TEST_DEVICE=cuda ctest --test-dir "$BUILD" -j "$(nproc)" --output-on-failure --timeout 600 ${MLXTERP_CTEST_ARGS:-}

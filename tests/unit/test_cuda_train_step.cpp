@@ -70,9 +70,10 @@ TEST(CudaTrainStep, MatchesTheTrainersReferenceStep) {
       m->copy_(at::randn_like(*m) * 1e-3);
     for (at::Tensor* v : {&a.adam_v.W_enc, &a.adam_v.b_enc, &a.adam_v.W_dec, &a.adam_v.b_dec})
       v->copy_(at::rand_like(*v) * 1e-5 + 1e-7);
-    a.tokens_since_fired.narrow(0, 0, F / 4).fill_(100000);
     for (int step = 0; step < 3; ++step) {
       SCOPED_TRACE("step " + std::to_string(step + 1));
+      // Dead again at every step: AuxK revives latents quickly, and the test must exercise it each time.
+      a.tokens_since_fired.narrow(0, 0, F / 4).fill_(100000);
       // The trainer's reference starts every step from the CUDA path's state (a checkpoint round trip).
       SaeTrainState b;
       b.arch = a.arch;
