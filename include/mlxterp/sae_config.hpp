@@ -62,7 +62,8 @@ struct SAEConfig {
   int64_t dead_tokens_window = 0;          // the same window in tokens; 0 = dead_feature_window * batch_size
   double dead_neuron_threshold = 0.0;      // a latent fires on a token when its activation is > this
   int64_t k_aux = 0;                 // AuxK latents (topk/batchtopk); 0 = d_in / 2
-  double auxk_coef = 1.0 / 32.0;     // AuxK loss weight (topk/batchtopk); 0 = off
+  double auxk_coef = 1.0 / 32.0;     // AuxK loss weight (topk/batchtopk) for unit-mean-squared-norm inputs; 0 = off
+                                    // (normalize_input trains on E‖x‖² = d_in: the step uses auxk_coef · d_in)
   int64_t resample_dead_every = 0;   // steps between dead-latent resamplings; 0 = off
 
   // ---- batchtopk inference threshold ----
@@ -73,7 +74,8 @@ struct SAEConfig {
   int64_t text_batch_size = 32;      // sequences per model forward while streaming
   int64_t context_size = 256;        // tokens per sequence (longer documents are split, BOS repeated)
   bool exclude_special_tokens = true;  // BOS/EOS/PAD positions never reach the SAE
-  int64_t shuffle_buffer_tokens = 0;   // token-level shuffle buffer; 0 = auto (<= 512 MB, <= 131072 tokens)
+  int64_t shuffle_buffer_tokens = 0;   // token-level shuffle buffer; 0 = auto (<= 512 MB: a whole cached epoch
+                                      // when it fits, i.e. a full permutation; else <= 131072 tokens)
   double validation_split = 0.05;    // fraction of documents held out (the last ones)
   int64_t validation_max_tokens = 32768;  // validation tokens kept (harvested once)
 
@@ -98,7 +100,9 @@ struct SAEConfig {
   // Derived values used by the trainer.
   int64_t dead_window_tokens() const { return dead_tokens_window > 0 ? dead_tokens_window : dead_feature_window * batch_size; }
   int64_t k_aux_for(int64_t d_in) const;
-  int64_t shuffle_buffer_for(int64_t d_in) const;
+  // `whole_epoch_tokens` > 0: the source refills cheaply (a memory-mapped cache) and an epoch has that many
+  // tokens; auto then takes the whole epoch when it fits in the memory budget.
+  int64_t shuffle_buffer_for(int64_t d_in, int64_t whole_epoch_tokens = 0) const;
   bool is_topk_family() const { return sae_type == "topk" || sae_type == "batchtopk"; }
 
   nlohmann::ordered_json to_json() const;

@@ -130,6 +130,8 @@ class ActivationSource {
   virtual at::Device device() const = 0;
   // "streaming mode" / "cache mode"
   virtual std::string mode() const = 0;
+  // Whether a buffer of a whole epoch is cheap to fill (memory-mapped rows, no model forward).
+  virtual bool cheap_refill() const { return false; }
   // Split sizes for the "✓ Split" line.
   virtual int64_t train_documents() const = 0;
   virtual int64_t validation_documents() const = 0;
@@ -203,6 +205,7 @@ class CacheActivationSource : public ActivationSource {
   at::Tensor validation_rows(int64_t max_rows) override;
   at::Device device() const override { return device_; }
   std::string mode() const override { return "cache mode"; }
+  bool cheap_refill() const override { return true; }
   int64_t train_documents() const override { return train_docs_; }
   int64_t validation_documents() const override { return val_docs_; }
   nlohmann::ordered_json fingerprint() const override;

@@ -95,7 +95,8 @@ struct SaeStepArgs {
   SaeArch arch = SaeArch::TopK;
   int64_t k = 0;                  // current k (after annealing)
   int64_t k_aux = 0;
-  double auxk_coef = 0.0;         // 0 = no AuxK
+  double auxk_coef = 0.0;         // AuxK weight in the loss; 0 = no AuxK (sae_step_args: SAEConfig::auxk_coef × d_in
+                                  // under normalize_input, i.e. the weight for unit-mean-squared-norm inputs)
   int64_t dead_window_tokens = 0;
   double lr = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   double clip = 0.0;              // 0 = no clipping

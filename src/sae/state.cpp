@@ -60,7 +60,13 @@ SaeStepArgs sae_step_args(const SAEConfig& c, int64_t d_in, int64_t step, int64_
     a.k = int64_t(std::llround(double(k0) + double(a.k - k0) * double(step) / double(c.k_anneal_steps)));
   }
   a.k_aux = c.k_aux_for(d_in);
-  a.auxk_coef = c.auxk_coef;
+  // AuxK's term is a ratio (residual MSE / residual variance: OpenAI, dictionary_learning) while the main MSE
+  // scales with the inputs' squared norm. auxk_coef = 1/32 is dictionary_learning's weight for inputs
+  // normalised to E‖x‖² = 1; normalize_input trains on E‖x‖² = d_in, where the MSE is d_in times larger, so
+  // the same objective (times d_in) needs the AuxK term times d_in. Without it AuxK was d_in (64 on
+  // stories260K) times too weak: its loss stayed ~1.0 (nothing reconstructed) and dead latents stayed dead
+  // (docs/sae-results.md). normalize_input=false: raw units, the weight as given.
+  a.auxk_coef = c.auxk_coef * (c.normalize_input ? double(d_in) : 1.0);
   a.dead_window_tokens = c.dead_window_tokens();
   a.lr = sae_learning_rate(c, step, total_steps);
   a.beta1 = c.adam_beta1;

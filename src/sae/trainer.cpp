@@ -139,7 +139,7 @@ SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const
   const int64_t calib_steps = arch != SaeArch::BatchTopK ? 0
                               : cfg.threshold_calibration_steps > 0 ? std::min(cfg.threshold_calibration_steps, total_steps)
                                                                     : std::clamp<int64_t>(total_steps / 10, 1, 1000);
-  const int64_t buffer_rows = cfg.shuffle_buffer_for(D);
+  const int64_t buffer_rows = cfg.shuffle_buffer_for(D, src.cheap_refill() ? tokens_per_epoch : 0);
   const at::Device device = src.device();
 
   say(cat("✓ Activation dimension: ", D));

@@ -114,6 +114,21 @@ TEST(SaeConfig, GuideMessagesWordForWord) {
   EXPECT_EQ(error_of([&] { c.validate(); }), "validation_split must be in [0, 1), got 1.5");
 }
 
+// Auto shuffle buffer: a whole cached epoch when it fits in 512 MB (a full permutation every epoch, which
+// BatchTopK needs: docs/sae-results.md), else at most 131,072 tokens; an explicit size always wins.
+TEST(SaeConfig, AutoShuffleBufferTakesAWholeCachedEpochThatFits) {
+  SAEConfig c;
+  c.batch_size = 256;
+  EXPECT_EQ(c.shuffle_buffer_for(64), 131072);                 // streaming
+  EXPECT_EQ(c.shuffle_buffer_for(64, 340087), 340087);         // stories260K's cached training split
+  EXPECT_EQ(c.shuffle_buffer_for(64, 2097152), 2097152);       // exactly 512 MB of float32 rows
+  EXPECT_EQ(c.shuffle_buffer_for(64, 2097153), 131072);        // too big: the streaming rule
+  EXPECT_EQ(c.shuffle_buffer_for(4096, 340087), 32768);        // 512 MB / (4 · 4096)
+  EXPECT_EQ(c.shuffle_buffer_for(64, 100), 256);               // at least one batch
+  c.shuffle_buffer_tokens = 5000;
+  EXPECT_EQ(c.shuffle_buffer_for(64, 340087), 5000);
+}
+
 TEST(SaeConfig, CrossFieldRules) {
   SAEConfig c;
   c.sae_type = "relu";

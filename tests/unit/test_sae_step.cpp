@@ -248,6 +248,46 @@ TEST(SaeStep, NormalizeInputIsOneScalarWithMeanSquaredNormD) {
   EXPECT_TRUE(at::allclose(st.params.b_dec, first.mean(0) / s, 1e-5, 1e-6));  // b_dec init in the scaled space
 }
 
+// AuxK's term is a ratio (residual MSE / residual variance) while the MSE scales with E‖x‖². auxk_coef = 1/32 is
+// the weight for inputs of unit mean squared norm (dictionary_learning); normalize_input trains on E‖x‖² = d,
+// so the step must weigh AuxK by auxk_coef · d: then the whole objective is d times dictionary_learning's on
+// x/√d. With the weight taken as is, AuxK was d = 64 times too weak on stories260K and left latents dead
+// (docs/sae-results.md).
+TEST(SaeStep, AuxKWeightIsThatOfUnitMeanSquaredNormInputs) {
+  for (const char* arch : {"topk", "batchtopk"}) {
+    SAEConfig cfg;
+    cfg.sae_type = arch;
+    cfg.expansion_factor = 4;
+    cfg.k = 4;
+    const int64_t D = 16;
+    at::manual_seed(5);
+    at::Tensor raw = at::randn({256, D}) * 3 + 1;
+    SaeTrainState st = sae_init_state(cfg, D, raw, at::kCPU);
+    SaeStepArgs a = sae_step_args(cfg, D, 50, 100);
+    EXPECT_DOUBLE_EQ(a.auxk_coef, cfg.auxk_coef * double(D)) << arch;
+    at::Tensor x = ((raw - st.input_mean) / st.input_std).to(at::kDouble);  // E‖x‖² = D
+    SaeParams p = st.params.clone();
+    for (at::Tensor* t : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec}) *t = t->to(at::kDouble);
+    at::Tensor dead = at::arange(st.d_sae) % 3 == 0;
+    SaeLossGrads ours = sae_loss_and_grads(p, x, a, false, dead);
+    // The same SAE on x/√D: biases scale with x, weights stay; dictionary_learning's weight 1/32 as is.
+    const double r = std::sqrt(double(D));
+    SaeParams u = p.clone();
+    u.b_enc = p.b_enc / r;
+    u.b_dec = p.b_dec / r;
+    SaeStepArgs au = a;
+    au.auxk_coef = cfg.auxk_coef;
+    SaeLossGrads unit = sae_loss_and_grads(u, x / r, au, false, dead);
+    ASSERT_GT(ours.aux, 0.01) << arch << ": AuxK must be active for this test to mean anything";
+    EXPECT_NEAR(ours.aux, unit.aux, 1e-9) << arch;
+    EXPECT_NEAR(ours.mse, double(D) * unit.mse, 1e-9 * ours.mse) << arch;
+    EXPECT_NEAR(ours.loss, double(D) * unit.loss, 1e-9 * ours.loss) << arch << ": AuxK weighed differently from the MSE";
+    // Raw units (normalize_input = false): the weight as given.
+    cfg.normalize_input = false;
+    EXPECT_DOUBLE_EQ(sae_step_args(cfg, D, 50, 100).auxk_coef, cfg.auxk_coef) << arch;
+  }
+}
+
 TEST(SaeStep, TopKL0IsExactlyK) {
   SAEConfig cfg;
   cfg.expansion_factor = 8;

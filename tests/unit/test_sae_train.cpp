@@ -231,6 +231,8 @@ TEST(SaeCache, WriteReadAndResume) {
   ModelActivationSource live(model(), c, model().sites().resolve_component(2, ""), h, 0.1, 1, at::kCPU);
   EXPECT_EQ(src.tokens_per_epoch(), live.tokens_per_epoch());
   EXPECT_EQ(src.validation_documents(), 4);
+  EXPECT_TRUE(src.cheap_refill());  // the auto shuffle buffer may hold a whole cached epoch
+  EXPECT_FALSE(live.cheap_refill());
   at::Tensor v1 = src.validation_rows(100000), v2 = live.validation_rows(100000);
   ASSERT_EQ(v1.sizes(), v2.sizes());
   EXPECT_LT(max_abs_diff(v1, v2), 1e-5);
