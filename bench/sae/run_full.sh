@@ -47,11 +47,10 @@ SAE=(--layer 2 --component resid_post --threads "$THREADS" --plain-progress
      --set expansion_factor=16 --set k=32 --set batch_size=256 --set learning_rate="$LR" --set warmup_steps=100
      --set lr_scheduler=cosine --set validation_split=0.1 --set text_batch_size=32 --set context_size=256
      --set seed=42)
-# From the cache, a shuffle buffer that holds the whole training split (340,087 tokens here) = a full random
-# permutation of the training tokens every epoch, the reference's batch order. The auto buffer (131,072
-# tokens) mixes less, which costs BatchTopK (whose selection spans the batch) ~2% FVU (docs/sae-results.md).
-SHUFFLE=${SHUFFLE:-400000}
-CACHED=("${SAE[@]}" --data "$OUT/cache" --set num_epochs="$EPOCHS" --set shuffle_buffer_tokens="$SHUFFLE")
+# From the cache the auto shuffle buffer holds the whole training split when it fits in 512 MB (340,087 tokens
+# here): a full random permutation every epoch, the reference's batch order. SHUFFLE=N sets the buffer instead.
+SHUFFLE=${SHUFFLE:-}
+CACHED=("${SAE[@]}" --data "$OUT/cache" --set num_epochs="$EPOCHS" ${SHUFFLE:+--set shuffle_buffer_tokens="$SHUFFLE"})
 
 # 1. the cache
 if [ ! -f "$OUT/cache/meta.json" ] || ! grep -q '"complete": *true' "$OUT/cache/meta.json"; then
