@@ -175,8 +175,12 @@ at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& l
 #ifdef MLXTERP_HAVE_CUDA_KERNELS
 namespace cuda {
 // Same contracts as ref:: (int64 outputs), computed by the CUDA kernels. pre must be bfloat16.
+// topk_rows: guess (optional 0-dim float32 on the device), a value a little below the rows' k-th largest,
+// lets a row be selected in one read of pre instead of two; the result does not depend on it. *kth (if
+// given) gets each row's k-th largest relu(pre + b_enc) [N] float32 (0 for a row with fewer positive).
 std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k,
-                                            const at::Tensor& mask = {});
+                                            const at::Tensor& mask = {}, const at::Tensor& guess = {},
+                                            at::Tensor* kth = nullptr);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_topk(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k);
 // W must be bfloat16 here.
 at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& latents, const at::Tensor& values,

@@ -78,6 +78,85 @@ __device__ __forceinline__ void store_f8(float* p, const float f[8]) {
   *reinterpret_cast<float4*>(p + 4) = make_float4(f[4], f[5], f[6], f[7]);
 }
 
+// ---- L2 eviction hints (sm_80+) --------------------------------------------------------------------
+// evict_last for small arrays every block gathers from (the gradient rows), so the weights streaming past
+// (loaded and stored with the evict-first .cs hints above) do not push them out of L2.
+#ifdef MLXTERP_CUDA_EMULATE
+__device__ __forceinline__ uint64_t l2_evict_last() { return 0; }
+__device__ __forceinline__ uint2 ld_ro_hint8(const void* p, uint64_t) { return __ldg(reinterpret_cast<const uint2*>(p)); }
+#else
+__device__ __forceinline__ uint64_t l2_evict_last() {
+  uint64_t p;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
+  return p;
+}
+// 8 read-only bytes with an L2 policy.
+__device__ __forceinline__ uint2 ld_ro_hint8(const void* p, uint64_t policy) {
+  uint2 v;
+  asm("ld.global.nc.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;" : "=r"(v.x), "=r"(v.y) : "l"(p), "l"(policy));
+  return v;
+}
+#endif
+
+// ---- split row layout (the per-latent update kernels) ----------------------------------------------
+// Thread t of T owns 8 elements per chunk c as two groups of 4: at split_offset(c, 0) and split_offset(c, 1).
+// A warp's 16-byte access then covers 512 contiguous bytes, whole 32-byte sectors in one instruction (with
+// 8 consecutive elements per thread, each instruction half-writes every sector it touches).
+__device__ __forceinline__ int split_offset(int c, int h) { return ((2 * c + h) * int(blockDim.x) + int(threadIdx.x)) * 4; }
+
+__device__ __forceinline__ void put4(float f[8], int h, float4 a) {
+  f[4 * h] = a.x; f[4 * h + 1] = a.y; f[4 * h + 2] = a.z; f[4 * h + 3] = a.w;
+}
+__device__ __forceinline__ float4 get4(const float f[8], int h) {
+  return make_float4(f[4 * h], f[4 * h + 1], f[4 * h + 2], f[4 * h + 3]);
+}
+// p[e .. e+4) for the chunk's two groups (streamed, evict-first); groups at or past d read as 0.
+__device__ __forceinline__ void load_split_stream(const float* p, int c, int d, float f[8]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int e = split_offset(c, h);
+    put4(f, h, e < d ? ld_stream_f4(p + e) : make_float4(0.f, 0.f, 0.f, 0.f));
+  }
+}
+__device__ __forceinline__ void store_split_stream(float* p, int c, int d, const float f[8]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int e = split_offset(c, h);
+    if (e < d) st_stream_f4(p + e, get4(f, h));
+  }
+}
+__device__ __forceinline__ void store_split(float* p, int c, int d, const float f[8]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int e = split_offset(c, h);
+    if (e < d) *reinterpret_cast<float4*>(p + e) = get4(f, h);
+  }
+}
+// The same elements of a bf16 row: two 8-byte words.
+__device__ __forceinline__ void store_split_bf16_stream(uint16_t* p, int c, int d, const float f[8]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int e = split_offset(c, h);
+    if (e < d) {
+      const uint2 v = make_uint2(pack_bf16x2(f[4 * h], f[4 * h + 1]), pack_bf16x2(f[4 * h + 2], f[4 * h + 3]));
+      __stcs(reinterpret_cast<uint2*>(p + e), v);
+    }
+  }
+}
+// Gathered bf16 row (read-only, kept in L2 by `policy`), as floats; groups past d read as 0.
+__device__ __forceinline__ void gather_split_bf16(const uint16_t* p, int c, int d, uint64_t policy, float f[8]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int e = split_offset(c, h);
+    uint2 u = make_uint2(0u, 0u);
+    if (e < d) u = ld_ro_hint8(p + e, policy);
+    f[4 * h] = __uint_as_float(u.x << 16);
+    f[4 * h + 1] = __uint_as_float(u.x & 0xffff0000u);
+    f[4 * h + 2] = __uint_as_float(u.y << 16);
+    f[4 * h + 3] = __uint_as_float(u.y & 0xffff0000u);
+  }
+}
+
 // ---- row layout ------------------------------------------------------------------------------------------
 // A block works on one row of d elements: thread t owns chunks c = 0..CH-1 of 8 consecutive elements at
 // (c * blockDim.x + t) * 8. CH grows with d so that blockDim.x stays <= 512 (d <= kMaxDim = 16384).
@@ -127,6 +206,32 @@ __device__ __forceinline__ void block_sum(float (&v)[N], float* smem) {
 #pragma unroll
   for (int i = 0; i < N; ++i) v[i] = smem[32 * N + i];
   __syncthreads();  // smem may be reused right after
+}
+
+// block_sum without the trailing barrier: for smem that only calls of block_sum_2sync<N> with this same N
+// touch. Safe back to back: a call writes its partials before, and its totals after, its first barrier,
+// and every thread has read the previous call's totals before it reaches that barrier.
+template <int N>
+__device__ __forceinline__ void block_sum_2sync(float (&v)[N], float* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = warp_sum(v[i]);
+  if (lane == 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) smem[i * 32 + warp] = v[i];
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      float s = lane < nw ? smem[i * 32 + lane] : 0.f;
+      s = warp_sum(s);
+      if (lane == 0) smem[32 * N + i] = s;
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = smem[32 * N + i];
 }
 
 __device__ __forceinline__ float block_sum1(float v, float* smem) {

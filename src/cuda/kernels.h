@@ -36,9 +36,12 @@ constexpr int kMaxDim = 16384;  // d_in
 // latents + (out_row0 + r) * k) and tok[(out_row0 + r) * k + j] = out_row0 + r.  F % 8 == 0, ld % 8 == 0.
 // mask (optional, [F] bytes, 8-byte aligned): latents with mask 0 count as 0 (AuxK: only dead latents).
 // enabled (optional device int): when 0, every row gets latents 0..k-1 with value 0 without reading pre.
+// guess (optional device float): a value a little below the rows' k-th largest; a row with between k and
+// max(2048, k) keys above it is done in one read instead of two. Any guess gives the same result.
+// kth_out (optional, [rows] device floats): each row's k-th largest relu(pre + b_enc) (0 if fewer positive).
 cudaError_t topk_rows(const void* pre, int64_t ld, const float* b_enc, int rows, int F, int k, int out_row0,
                       int* latents, float* values, int* tok, cudaStream_t stream, const uint8_t* mask = nullptr,
-                      const int* enabled = nullptr);
+                      const int* enabled = nullptr, const float* guess = nullptr, float* kth_out = nullptr);
 
 // BatchTopK over pre [N, F]: the N*k largest of relu(pre + b_enc), ties to the earlier (row, latent).
 // Step 1 finds the threshold on the device (state: 8 ints of scratch, hist: 4096 uint32 of scratch, both

@@ -3,6 +3,12 @@
 // pairs, gathers the pairs' gradient rows (the residuals for W_dec, the centred inputs for W_enc; both
 // small enough to stay in L2), forms the row's gradient in registers, and writes the updated row, moments
 // and bf16 copy once. Grouping by latent means no atomics: a frequent latent is just a longer loop.
+// Memory-bound (26 bytes per parameter): rows are read and written in the split layout (common.cuh), so
+// each store fills whole 32-byte sectors (eight consecutive floats per thread made every 16-byte store
+// half-fill its sectors: ~1.1 GB more DRAM reads per matrix per step at d=4096, F=131072); the
+// streamed rows are evict-first and the gathered gradient rows evict-last in L2; the next row's pair
+// offsets are read a row ahead; the decoder needs two block reductions per row (the pair batch's dot
+// products with w . w, then the renormalisation), each with two barriers.
 #include <algorithm>
 #include <cfloat>
 
@@ -35,37 +41,44 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
                    float* __restrict__ M, float* __restrict__ V, float* __restrict__ gval, AdamArgs adam,
                    const float* __restrict__ clip_p, const int* __restrict__ gate, bool remove_parallel,
                    bool renorm, float* __restrict__ norm_partial) {
-  __shared__ float s_red[33 * kPairBatch + kPairBatch];
-  const int t = threadIdx.x, T = blockDim.x;
+  constexpr int NR = kPairBatch + 1;  // the pair batch's dot products + w . w
+  __shared__ float s_pairs[33 * NR];
+  __shared__ float s_norm[33];
+  const int t = threadIdx.x;
   const float coef[2] = {coef_p[0], coef_p[1]};
   const float clip = clip_p ? *clip_p : 1.f;
   const bool update = mode != LatentMode::NormOnly && (!gate || *gate != 0);
   const bool want_gval = mode != LatentMode::UpdateOnly;
+  const bool reduce = want_gval || remove_parallel;
+  const uint64_t keep = l2_evict_last();
   float nacc = 0.f;
 
+  int beg_next = blockIdx.x < F ? P.offsets[blockIdx.x] : 0, end_next = blockIdx.x < F ? P.offsets[blockIdx.x + 1] : 0;
   for (int f = blockIdx.x; f < F; f += gridDim.x) {
     const int64_t row = int64_t(f) * d;
-    float w[CH][8], m[CH][8], v[CH][8], g[CH][8];
-#pragma unroll
-    for (int c = 0; c < CH; ++c) {
-      const int e0 = (c * T + t) * 8;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) w[c][i] = m[c][i] = v[c][i] = g[c][i] = 0.f;
-      if (e0 < d) {
-        load_f8_stream(W + row + e0, w[c]);
-        if (update) {
-          load_f8_stream(M + row + e0, m[c]);
-          load_f8_stream(V + row + e0, v[c]);
-        }
-      }
+    const int beg = beg_next, end = end_next, fn = f + gridDim.x;
+    if (fn < F) {
+      beg_next = P.offsets[fn];
+      end_next = P.offsets[fn + 1];
     }
-    const int beg = P.offsets[f], end = P.offsets[f + 1];
+    float w[CH][8], g[CH][8];
+#pragma unroll
+    for (int c = 0; c < CH; ++c)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) w[c][i] = g[c][i] = 0.f;
+#pragma unroll
+    for (int c = 0; c < CH; ++c) load_split_stream(W + row, c, d, w[c]);
+
+    // Gradient: g = sum over the latent's pairs of coef * a * G[n]. The block reduction of each batch of
+    // pairs gives their dot products G[n] . w (the activations' gradients) and, on the first batch, w . w;
+    // g . w (for the parallel-gradient removal) is the coef * a weighted sum of those dots.
+    float gw = 0.f, ww = 0.f;
     for (int p0 = beg; p0 < end; p0 += kPairBatch) {
       const int cnt = min(kPairBatch, end - p0);
-      float dots[kPairBatch];
+      float red[NR];
 #pragma unroll
       for (int q = 0; q < kPairBatch; ++q) {
-        dots[q] = 0.f;
+        red[q] = 0.f;
         int n = 0;
         float a = 0.f;
         if (q < cnt) unpack_pair(P.sorted[p0 + q], n, a);
@@ -74,45 +87,47 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
           const uint16_t* gr = G16 + int64_t(n) * d;
 #pragma unroll
           for (int c = 0; c < CH; ++c) {
-            const int e0 = (c * T + t) * 8;
-            if (e0 < d) {
-              float gv[8];
-              unpack_bf16x8(ld_ro(gr + e0), gv);
+            float gv[8];
+            gather_split_bf16(gr, c, d, keep, gv);
 #pragma unroll
-              for (int i = 0; i < 8; ++i) {
-                dots[q] = fmaf(gv[i], w[c][i], dots[q]);
-                g[c][i] = fmaf(ca, gv[i], g[c][i]);
-              }
+            for (int i = 0; i < 8; ++i) {
+              red[q] = fmaf(gv[i], w[c][i], red[q]);
+              g[c][i] = fmaf(ca, gv[i], g[c][i]);
             }
           }
         }
       }
-      if (want_gval) {
-        block_sum<kPairBatch>(dots, s_red);
-        float mine = 0.f;
+      red[kPairBatch] = 0.f;
+      if (p0 == beg && remove_parallel) {
 #pragma unroll
-        for (int q = 0; q < kPairBatch; ++q)
-          if (q == t) mine = dots[q];
-        if (t < cnt) {
+        for (int c = 0; c < CH; ++c)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) red[kPairBatch] = fmaf(w[c][i], w[c][i], red[kPairBatch]);
+      }
+      if (!reduce) continue;
+      block_sum_2sync<NR>(red, s_pairs);
+      if (p0 == beg) ww = red[kPairBatch];
+      float mine = 0.f;
+#pragma unroll
+      for (int q = 0; q < kPairBatch; ++q) {
+        if (q == t) mine = red[q];
+        if (remove_parallel && q < cnt) {
           int n;
           float a;
-          unpack_pair(P.sorted[p0 + t], n, a);
-          gval[p0 + t] = coef[source_of(n, P.n_main)] * mine;
+          unpack_pair(P.sorted[p0 + q], n, a);
+          gw = fmaf(coef[source_of(n, P.n_main)] * a, red[q], gw);
         }
+      }
+      if (want_gval && t < cnt) {
+        int n;
+        float a;
+        unpack_pair(P.sorted[p0 + t], n, a);
+        gval[p0 + t] = coef[source_of(n, P.n_main)] * mine;
       }
     }
 
-    if (remove_parallel) {
-      float r[2] = {0.f, 0.f};  // g . w, w . w
-#pragma unroll
-      for (int c = 0; c < CH; ++c)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          r[0] = fmaf(g[c][i], w[c][i], r[0]);
-          r[1] = fmaf(w[c][i], w[c][i], r[1]);
-        }
-      block_sum<2>(r, s_red);
-      const float pd = r[0] / fmaxf(r[1], 1e-24f);
+    if (remove_parallel && end > beg) {
+      const float pd = gw / fmaxf(ww, 1e-24f);
 #pragma unroll
       for (int c = 0; c < CH; ++c)
 #pragma unroll
@@ -127,20 +142,21 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     if (!update) continue;
 
     float n2 = 0.f;
+    float m[CH][8], v[CH][8];
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
-      const int e0 = (c * T + t) * 8;
-      if (e0 < d) {
+      load_split_stream(M + row, c, d, m[c]);
+      load_split_stream(V + row, c, d, v[c]);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          w[c][i] = adam_update(w[c][i], g[c][i] * clip, m[c][i], v[c][i], adam);
-          n2 = fmaf(w[c][i], w[c][i], n2);
-        }
+      for (int i = 0; i < 8; ++i) {  // elements past d: w = g = m = v = 0 stay 0 and are not stored
+        w[c][i] = adam_update(w[c][i], g[c][i] * clip, m[c][i], v[c][i], adam);
+        n2 = fmaf(w[c][i], w[c][i], n2);
       }
     }
     if (renorm) {
-      n2 = block_sum1(n2, s_red);
-      const float s = 1.f / fmaxf(sqrtf(n2), 1e-12f);
+      float r[1] = {n2};
+      block_sum_2sync<1>(r, s_norm);
+      const float s = 1.f / fmaxf(sqrtf(r[0]), 1e-12f);
 #pragma unroll
       for (int c = 0; c < CH; ++c)
 #pragma unroll
@@ -148,17 +164,15 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     }
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
-      const int e0 = (c * T + t) * 8;
-      if (e0 < d) {
-        store_f8_stream(W + row + e0, w[c]);
-        store_f8_stream(M + row + e0, m[c]);
-        store_f8_stream(V + row + e0, v[c]);
-        st_stream_u4(W16 + row + e0, pack_bf16x8(w[c]));
-      }
+      store_split_stream(W + row, c, d, w[c]);
+      store_split_stream(M + row, c, d, m[c]);
+      store_split_stream(V + row, c, d, v[c]);
+      store_split_bf16_stream(W16 + row, c, d, w[c]);
     }
   }
   if (mode != LatentMode::UpdateOnly) {
-    nacc = block_sum1(nacc, s_red);
+    __syncthreads();  // s_pairs / s_norm may still be read by slower threads of the last row
+    nacc = block_sum1(nacc, s_pairs);
     if (t == 0) norm_partial[blockIdx.x] = nacc;
   }
 }
@@ -172,10 +186,11 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
                    const int* __restrict__ gate, float fire_threshold, int* __restrict__ fire_count,
                    float* __restrict__ bdec_partial, float* __restrict__ norm_partial) {
   __shared__ float s_red[34];
-  const int t = threadIdx.x, T = blockDim.x;
+  const int t = threadIdx.x;
   const float clip = clip_p ? *clip_p : 1.f;
   const bool update = mode != LatentMode::NormOnly && (!gate || *gate != 0);
   const bool first_pass = mode != LatentMode::UpdateOnly;  // b_dec partials and norms
+  const uint64_t keep = l2_evict_last();
   float bacc[CH][8];
 #pragma unroll
   for (int c = 0; c < CH; ++c)
@@ -183,23 +198,21 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     for (int i = 0; i < 8; ++i) bacc[c][i] = 0.f;
   float nacc = 0.f;
 
+  int beg_next = blockIdx.x < F ? P.offsets[blockIdx.x] : 0, end_next = blockIdx.x < F ? P.offsets[blockIdx.x + 1] : 0;
   for (int f = blockIdx.x; f < F; f += gridDim.x) {
     const int64_t row = int64_t(f) * d;
-    float w[CH][8], m[CH][8], v[CH][8], g[CH][8];
-#pragma unroll
-    for (int c = 0; c < CH; ++c) {
-      const int e0 = (c * T + t) * 8;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) w[c][i] = m[c][i] = v[c][i] = g[c][i] = 0.f;
-      if (e0 < d) {
-        load_f8_stream(W + row + e0, w[c]);
-        if (update) {
-          load_f8_stream(M + row + e0, m[c]);
-          load_f8_stream(V + row + e0, v[c]);
-        }
-      }
+    const int beg = beg_next, end = end_next, fn = f + gridDim.x;
+    if (fn < F) {
+      beg_next = P.offsets[fn];
+      end_next = P.offsets[fn + 1];
     }
-    const int beg = P.offsets[f], end = P.offsets[f + 1];
+    float w[CH][8], g[CH][8];
+#pragma unroll
+    for (int c = 0; c < CH; ++c)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) w[c][i] = g[c][i] = 0.f;
+#pragma unroll
+    for (int c = 0; c < CH; ++c) load_split_stream(W + row, c, d, w[c]);
     float gb = 0.f;
     int fired = 0;
     for (int p0 = beg; p0 < end; p0 += kPairBatch) {
@@ -218,13 +231,10 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
             const uint16_t* xr = xc16 + int64_t(main ? n : n - P.n_main) * d;
 #pragma unroll
             for (int c = 0; c < CH; ++c) {
-              const int e0 = (c * T + t) * 8;
-              if (e0 < d) {
-                float xv[8];
-                unpack_bf16x8(ld_ro(xr + e0), xv);
+              float xv[8];
+              gather_split_bf16(xr, c, d, keep, xv);
 #pragma unroll
-                for (int i = 0; i < 8; ++i) g[c][i] = fmaf(gp, xv[i], g[c][i]);
-              }
+              for (int i = 0; i < 8; ++i) g[c][i] = fmaf(gp, xv[i], g[c][i]);
             }
           }
         }
@@ -244,15 +254,15 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     if (!update) continue;
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
-      const int e0 = (c * T + t) * 8;
-      if (e0 < d) {
+      float m[8], v[8];
+      load_split_stream(M + row, c, d, m);
+      load_split_stream(V + row, c, d, v);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) w[c][i] = adam_update(w[c][i], g[c][i] * clip, m[c][i], v[c][i], adam);
-        store_f8_stream(W + row + e0, w[c]);
-        store_f8_stream(M + row + e0, m[c]);
-        store_f8_stream(V + row + e0, v[c]);
-        st_stream_u4(W16 + row + e0, pack_bf16x8(w[c]));
-      }
+      for (int i = 0; i < 8; ++i) w[c][i] = adam_update(w[c][i], g[c][i] * clip, m[i], v[i], adam);
+      store_split_stream(W + row, c, d, w[c]);
+      store_split_stream(M + row, c, d, m);
+      store_split_stream(V + row, c, d, v);
+      store_split_bf16_stream(W16 + row, c, d, w[c]);
     }
     if (t == 0) {
       float bmf = bm[f], bvf = bv[f];
@@ -263,10 +273,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
   }
   if (first_pass) {
 #pragma unroll
-    for (int c = 0; c < CH; ++c) {
-      const int e0 = (c * T + t) * 8;
-      if (e0 < d) store_f8(bdec_partial + int64_t(blockIdx.x) * d + e0, bacc[c]);
-    }
+    for (int c = 0; c < CH; ++c) store_split(bdec_partial + int64_t(blockIdx.x) * d, c, d, bacc[c]);
     nacc = block_sum1(nacc, s_red);
     if (t == 0) norm_partial[blockIdx.x] = nacc;
   }
@@ -275,6 +282,11 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
 struct GridCache {
   int device = -1, d = -1, grid = 0;
 };
+
+template <class K>
+void occupancy(int* per_sm, K kernel, int threads) {
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, kernel, threads, 0) != cudaSuccess) *per_sm = 1;
+}
 
 }  // namespace
 
@@ -287,19 +299,15 @@ int latent_grid_size(int d) {
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   const RowLayout L = row_layout(d);
   int per_sm_dec = 1, per_sm_enc = 1;
-  switch (L.ch) {
-    case 1:
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_dec, decoder_kernel<1>, L.threads, 0);
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_enc, encoder_kernel<1>, L.threads, 0);
-      break;
-    case 2:
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_dec, decoder_kernel<2>, L.threads, 0);
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_enc, encoder_kernel<2>, L.threads, 0);
-      break;
-    default:
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_dec, decoder_kernel<4>, L.threads, 0);
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_enc, encoder_kernel<4>, L.threads, 0);
-      break;
+  if (L.ch == 1) {
+    occupancy(&per_sm_dec, decoder_kernel<1>, L.threads);
+    occupancy(&per_sm_enc, encoder_kernel<1>, L.threads);
+  } else if (L.ch == 2) {
+    occupancy(&per_sm_dec, decoder_kernel<2>, L.threads);
+    occupancy(&per_sm_enc, encoder_kernel<2>, L.threads);
+  } else {
+    occupancy(&per_sm_dec, decoder_kernel<4>, L.threads);
+    occupancy(&per_sm_enc, encoder_kernel<4>, L.threads);
   }
   const int per_sm = std::max(1, std::min(per_sm_dec, per_sm_enc));
   cache = {dev, d, std::max(1, sms) * per_sm};
@@ -318,9 +326,11 @@ cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   if (grid <= 0) return cudaErrorInvalidConfiguration;
   const auto* g16 = static_cast<const uint16_t*>(G16);
   auto* w16 = static_cast<uint16_t*>(W16);
-  auto kernel = L.ch == 1 ? decoder_kernel<1> : (L.ch == 2 ? decoder_kernel<2> : decoder_kernel<4>);
-  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, g16, coef, W, w16, m, v, gval, adam, clip, gate,
-                 remove_parallel, renorm, norm_partial);
+  auto kernel = L.ch == 1   ? decoder_kernel<1>
+                : L.ch == 2 ? decoder_kernel<2>
+                            : decoder_kernel<4>;
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, g16, coef, W, w16,
+                      m, v, gval, adam, clip, gate, remove_parallel, renorm, norm_partial);
   return cudaGetLastError();
 }
 
@@ -336,9 +346,11 @@ cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   if (grid <= 0) return cudaErrorInvalidConfiguration;
   const auto* x = static_cast<const uint16_t*>(xc16);
   auto* w16 = static_cast<uint16_t*>(W16);
-  auto kernel = L.ch == 1 ? encoder_kernel<1> : (L.ch == 2 ? encoder_kernel<2> : encoder_kernel<4>);
-  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, m, v, b, bm, bv, adam,
-                 bias_adam, clip, gate, fire_threshold, fire_count, bdec_partial, norm_partial);
+  auto kernel = L.ch == 1   ? encoder_kernel<1>
+                : L.ch == 2 ? encoder_kernel<2>
+                            : encoder_kernel<4>;
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, m,
+                      v, b, bm, bv, adam, bias_adam, clip, gate, fire_threshold, fire_count, bdec_partial, norm_partial);
   return cudaGetLastError();
 }
 

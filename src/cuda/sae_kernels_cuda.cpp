@@ -112,7 +112,7 @@ Selected select_batch_topk(const at::Tensor& pre, const at::Tensor& b_enc, int64
 namespace cuda {
 
 std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Tensor& b_enc, int64_t k,
-                                            const at::Tensor& mask) {
+                                            const at::Tensor& mask, const at::Tensor& guess, at::Tensor* kth) {
   const char* where = "sae_kernels::cuda::topk_rows";
   check_selection_input(pre, b_enc, k, where);
   at::Tensor mask8;
@@ -121,15 +121,21 @@ std::pair<at::Tensor, at::Tensor> topk_rows(const at::Tensor& pre, const at::Ten
     mask8 = mask.to(at::kByte).contiguous();
   }
   MLXTERP_CHECK(k <= K::kTopkMaxK, where, ": k = ", k, " exceeds the kernel's limit ", K::kTopkMaxK);
+  if (guess.defined())
+    MLXTERP_CHECK(MLXTERP_ON_GPU(guess) && guess.numel() == 1 && guess.scalar_type() == at::kFloat, where,
+                  ": guess must be one float32 on the device");
   MLXTERP_DEVICE_GUARD(pre.device());
   const int64_t N = pre.size(0);
+  at::Tensor g = guess.defined() ? guess.contiguous() : at::Tensor();
+  if (kth) *kth = at::empty({N}, pre.options().dtype(at::kFloat));
   auto i32 = pre.options().dtype(at::kInt);
   // Poisoned, so a selection the kernel fails to write shows up in the comparison.
   at::Tensor lat = at::full({N, k}, -1, i32), tok = at::full({N, k}, -1, i32);
   at::Tensor val = at::full({N, k}, -1.0, pre.options().dtype(at::kFloat));
   MLXTERP_CUDA_OK(K::topk_rows(pre.data_ptr(), pre.stride(0), b_enc.data_ptr<float>(), int(N), int(pre.size(1)),
                                int(k), 0, lat.data_ptr<int>(), val.data_ptr<float>(), tok.data_ptr<int>(),
-                               current_stream(), mask8.defined() ? mask8.data_ptr<uint8_t>() : nullptr));
+                               current_stream(), mask8.defined() ? mask8.data_ptr<uint8_t>() : nullptr, nullptr,
+                               g.defined() ? g.data_ptr<float>() : nullptr, kth ? kth->data_ptr<float>() : nullptr));
   return {lat.to(at::kLong), val};
 }
 
@@ -229,12 +235,19 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
     sel.values = at::empty({P}, f32);
     // Rows per GEMM: at most ~128 MB of encoder output alive at a time.
     const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(128) << 20) / (F * 2)));
+    // The first chunk's k-th values give the later chunks a guess (their 2nd percentile): most rows are
+    // then selected in one read of the encoder output instead of two. Exact whatever the guess.
+    at::Tensor kth0, guess;
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);
       at::Tensor pre = at::mm(xc16.narrow(0, r0, rows), W_enc16.t());  // [rows, F] bf16
+      if (r0 == 0 && rows < N) kth0 = at::empty({rows}, f32);
       MLXTERP_CUDA_OK(K::topk_rows(pre.data_ptr(), pre.stride(0), p.b_enc.data_ptr<float>(), int(rows), int(F),
                                    int(k), int(r0), sel.lat32.data_ptr<int>(), sel.values.data_ptr<float>(),
-                                   sel.tok32.data_ptr<int>(), stream));
+                                   sel.tok32.data_ptr<int>(), stream, nullptr, nullptr,
+                                   guess.defined() ? guess.data_ptr<float>() : nullptr,
+                                   r0 == 0 && kth0.defined() ? kth0.data_ptr<float>() : nullptr));
+      if (r0 == 0 && kth0.defined()) guess = std::get<0>(at::kthvalue(kth0, std::max<int64_t>(1, rows / 50))).contiguous();
       select_aux(pre, r0, rows);
     }
     sel.row_ptr = at::arange(0, (N + 1) * k, k, i64);

@@ -12,7 +12,7 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kBins = 4096;  // 12-bit digits; find_bin gives each of the 512 threads 8 bins
-constexpr int kUnroll = 2;
+constexpr int kUnroll = 4;
 static_assert(kBins == 8 * kThreads, "find_bin assumes 8 bins per thread");
 
 // Candidates sorted in shared memory: at least 2048, and at least k (the buffer is reused for the final sort).
@@ -55,25 +55,24 @@ __device__ __forceinline__ void for_each_key(const uint16_t* row, const float* b
                                              int end, Fn&& fn) {
   const int stride = blockDim.x * 8;
   for (int base = begin + threadIdx.x * 8; base < end; base += stride * kUnroll) {
+    // The encoder output (from DRAM) is loaded kUnroll words ahead; the bias (every block reads it, so
+    // it sits in L1/L2) only when it is needed, to keep the registers for loads in flight.
     uint4 raw[kUnroll];
-    float b[kUnroll][8];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int f = base + u * stride;
-      if (f < end) {
-        raw[u] = ld_ro(row + f);
-        load_f8_ro(b_enc + f, b[u]);
-      }
+      if (f < end) raw[u] = ld_ro(row + f);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int f = base + u * stride;
       if (f < end) {
-        float p[8];
+        float p[8], b[8];
         unsigned key[8];
+        load_f8_ro(b_enc + f, b);
         unpack_bf16x8(raw[u], p);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) key[i] = relu_key(p[i], b[u][i]);
+        for (int i = 0; i < 8; ++i) key[i] = relu_key(p[i], b[i]);
         apply_mask(mask, f, key);
 #pragma unroll
         for (int i = 0; i < 8; ++i) fn(f + i, key[i]);
@@ -178,7 +177,8 @@ __device__ void ordered_take(const uint16_t* row, const float* b_enc, const uint
 __global__ void __launch_bounds__(kThreads, 2)
     topk_rows_kernel(const uint16_t* __restrict__ pre, int64_t ld, const float* __restrict__ b_enc,
                      const uint8_t* __restrict__ mask, const int* __restrict__ enabled, int F, int k, int out_row0,
-                     int* __restrict__ latents, float* __restrict__ values, int* __restrict__ tok) {
+                     int* __restrict__ latents, float* __restrict__ values, int* __restrict__ tok,
+                     const float* __restrict__ guess, float* __restrict__ kth_out) {
   MLXTERP_DYNAMIC_SMEM(smem);
   const int kCand = cand_capacity(k);
   int* s_hist = reinterpret_cast<int*>(smem);                                      // [kBins]
@@ -188,6 +188,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   __shared__ int s_scan[33];
   __shared__ int s_pick[3];
   __shared__ int s_nsel, s_ncand;
+  __shared__ unsigned s_kth;
 
   const int t = threadIdx.x;
   const int r = out_row0 + int(blockIdx.x);
@@ -199,6 +200,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       values[o + i] = 0.f;
       tok[o + i] = r;
     }
+    if (kth_out && t == 0) kth_out[blockIdx.x] = 0.f;
     return;
   }
   const uint16_t* row = pre + int64_t(blockIdx.x) * ld;
@@ -212,9 +214,41 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (t == 0) {
     s_nsel = 0;
     s_ncand = 0;
+    s_kth = ~0u;
   }
   __syncthreads();
 
+  // With a guess: one pass keeps every key above it. At least k of them, and few enough to sort in shared
+  // memory, means they hold the whole answer; otherwise the radix select below runs as without a guess.
+  bool done = false;
+  if (guess) {
+    const unsigned tau = __float_as_uint(fmaxf(*guess, 0.f));
+    for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
+      if (key > tau) {
+        const int c = atomicAdd(&s_ncand, 1);
+        if (c < kCand) s_cand[c] = (u64(key) << 32) | u64(~unsigned(f));
+      }
+    });
+    __syncthreads();
+    const int nc = s_ncand;
+    if (nc >= k && nc <= kCand) {
+      const int n2 = next_pow2(nc);
+      for (int i = nc + t; i < n2; i += blockDim.x) s_cand[i] = 0ull;
+      __syncthreads();
+      bitonic_sort(s_cand, n2, /*descending=*/true);
+      for (int i = t; i < k; i += blockDim.x) {
+        const u64 c = s_cand[i];
+        s_sel_idx[i] = int(~unsigned(c & 0xffffffffull));
+        s_sel_key[i] = unsigned(c >> 32);
+      }
+      done = true;
+    }
+    __syncthreads();
+    if (t == 0) s_ncand = 0;
+    __syncthreads();
+  }
+
+  if (!done) {
   // Level-0 histogram of the positive keys.
   int npos = 0;
   for_each_key(row, b_enc, mask, 0, F, [&](int, unsigned key) {
@@ -298,13 +332,17 @@ __global__ void __launch_bounds__(kThreads, 2)
       prefix = new_prefix;
     }
   }
+  }  // !done
   __syncthreads();
 
-  // The k selections sorted by latent.
+  // The k selections sorted by latent; the smallest selected key is the row's k-th largest.
   const int n2 = next_pow2(k);
-  for (int i = t; i < n2; i += blockDim.x)
+  for (int i = t; i < n2; i += blockDim.x) {
     s_cand[i] = i < k ? (u64(unsigned(s_sel_idx[i])) << 32) | u64(s_sel_key[i]) : ~0ull;
+    if (kth_out && i < k) atomicMin(&s_kth, s_sel_key[i]);
+  }
   __syncthreads();
+  if (kth_out && t == 0) kth_out[blockIdx.x] = __uint_as_float(s_kth);
   bitonic_sort(s_cand, n2, /*descending=*/false);
   for (int i = t; i < k; i += blockDim.x) {
     const u64 c = s_cand[i];
@@ -454,7 +492,7 @@ __global__ void __launch_bounds__(kThreads) bt_collect_kernel(const uint16_t* __
 
 cudaError_t topk_rows(const void* pre, int64_t ld, const float* b_enc, int rows, int F, int k, int out_row0,
                       int* latents, float* values, int* tok, cudaStream_t stream, const uint8_t* mask,
-                      const int* enabled) {
+                      const int* enabled, const float* guess, float* kth_out) {
   if (rows <= 0) return cudaSuccess;
   if (k < 1 || k > kTopkMaxK || k > F || F % 8 || ld % 8) return cudaErrorInvalidValue;
   const size_t smem = topk_smem_bytes(k);
@@ -464,7 +502,7 @@ cudaError_t topk_rows(const void* pre, int64_t ld, const float* b_enc, int rows,
     if (err != cudaSuccess) return err;
   }
   MLXTERP_LAUNCH_SMEM(topk_rows_kernel, rows, kThreads, smem, stream, static_cast<const uint16_t*>(pre), ld, b_enc,
-                      mask, enabled, F, k, out_row0, latents, values, tok);
+                      mask, enabled, F, k, out_row0, latents, values, tok, guess, kth_out);
   return cudaGetLastError();
 }
 

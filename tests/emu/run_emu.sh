@@ -18,7 +18,7 @@ SAN=${SAN-}
 OUT=$BUILD/emu${SAN:+-$SAN}
 mkdir -p "$OUT"
 FLAGS=(-std=c++20 -O1 -g -pthread -DMLXTERP_CUDA_EMULATE -DMLXTERP_HAVE_CUDA_KERNELS=1
-       -I"$ROOT/include" -I"$ROOT/src" -I"$ROOT/tests/emu" -I"$ROOT/tests/unit"
+       -I"$ROOT/include" -I"$ROOT/src" -I"$ROOT/tests/emu" -I"$ROOT/tests/unit" -isystem /usr/include/torch/csrc/api/include
        -DMLXTERP_TEST_DATA_DIR="\"$ROOT/../shared/data\"" -DMLXTERP_TEST_GOLDEN_DIR="\"$ROOT/tests/golden\""
        -DMLXTERP_TEST_SOURCE_DIR="\"$ROOT\"" -DMLXTERP_TEST_CLI="\"$BUILD/mlxterp\"")
 [[ -n "$SAN" ]] && FLAGS+=(-fsanitize="$SAN" -fno-omit-frame-pointer)

@@ -243,12 +243,27 @@ TEST(CudaSaeKernels, TopkRowsMatchesReference) {
   for (const SelectCase& c : kSelectCases) {
     SCOPED_TRACE(c.name);
     at::Tensor pre = make_pre(c), b = make_bias(c);
-    auto [lat, val] = cuda::topk_rows(pre, b, c.k);
+    at::Tensor kth;
+    auto [lat, val] = cuda::topk_rows(pre, b, c.k, {}, {}, &kth);
     auto [rlat, rval] = ref::topk_rows(pre, b, c.k);
     ASSERT_EQ(lat.sizes(), rlat.sizes());
     EXPECT_TRUE(at::equal(lat.cpu(), rlat.cpu())) << "latents differ in "
                                                   << lat.ne(rlat).sum().item<int64_t>() << " places";
     EXPECT_TRUE(at::equal(val.cpu(), rval.cpu()));
+    // Each row's k-th largest is its smallest selected value.
+    EXPECT_TRUE(at::equal(kth.cpu(), std::get<0>(rval.min(1)).cpu()));
+    // A guess only changes how the rows are read: one a little below most rows' k-th value (the one-read
+    // path), 0 (every positive key is a candidate: too many unless few are positive), one above every
+    // value (too few candidates), a negative one, and the k-th value itself (its ties are not above it).
+    const float q = std::get<0>(at::kthvalue(kth.cpu(), std::max<int64_t>(1, c.n / 50))).item<float>();
+    for (float g : {q * 0.99f, 0.f, 1e30f, -1.f, q}) {
+      SCOPED_TRACE("guess " + std::to_string(g));
+      at::Tensor guess = at::full({}, g, at::TensorOptions().device(kGpu).dtype(at::kFloat));
+      auto [glat, gval] = cuda::topk_rows(pre, b, c.k, {}, guess);
+      EXPECT_TRUE(at::equal(glat.cpu(), rlat.cpu())) << "latents differ in "
+                                                     << glat.ne(rlat).sum().item<int64_t>() << " places";
+      EXPECT_TRUE(at::equal(gval.cpu(), rval.cpu()));
+    }
   }
   // AuxK's selection: only latents in the mask count (others are 0); large k uses > 48 KB of shared memory.
   for (int64_t k : {64, 2048, 4096}) {
