@@ -239,7 +239,7 @@ class BatchStream {
   BatchStream(ActivationSource& source, int64_t batch_size, int64_t buffer_rows, uint64_t seed);
   // The next batch [batch_size, d_in] float32; epochs roll over (the caller counts steps).
   at::Tensor next();
-  // The rows of the current (first, before any next()) buffer, unshuffled order irrelevant: for initialisation.
+  // The rows of the current (first, before any next()) buffer in their shuffled order (a copy): for initialisation.
   at::Tensor current_buffer();
   StreamPosition position() const { return pos_; }
   // Moves to `p`, refilling that buffer.
@@ -253,7 +253,8 @@ class BatchStream {
   uint64_t seed_;
   StreamPosition pos_;
   int64_t next_cursor_ = 0;
-  at::Tensor buf_;  // permuted rows of the current buffer
+  at::Tensor buf_;   // rows of the current buffer, as the source returned them [n, d_in]
+  at::Tensor perm_;  // the buffer's shuffle: batch rows are buf_[perm_[offset ..]] [n] int64
   int64_t fills_ = 0;
 };
 

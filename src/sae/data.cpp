@@ -234,57 +234,61 @@ Harvester::Rows Harvester::run(const std::vector<SequenceRef>& seqs) {
   for (size_t i = 0; i < n; ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a].size() > ids[b].size(); });
 
+  // Row r of the output is the r-th kept token in (sequence, position) order: sequence i's kept tokens start
+  // at base[i]. Each forward's rows go straight to their places (no per-call concatenation or reordering
+  // copy, so a harvest holds one copy of its rows: flat memory across shuffle-buffer refills).
+  std::vector<int64_t> base(n + 1, 0);
+  for (size_t i = 0; i < n; ++i) {
+    int64_t c = 0;
+    for (char k : keep[i]) c += k;
+    base[i + 1] = base[i] + c;
+  }
+  const int64_t total = base[n];
+  Rows out;
+  out.token_ids.resize(size_t(total));
+  out.doc_ids.resize(size_t(total));
+  out.positions.resize(size_t(total));
+  out.acts.resize(sites_.size());
+
   TraceOptions topt;
   for (int s : sites_) topt.sites.push_back(model_.sites()[s].name);
   topt.need_logits = false;
-  std::vector<std::vector<at::Tensor>> parts(sites_.size());
-  std::vector<int64_t> key;  // (index in seqs, position in the piece) of every kept row, in forward order
   for (size_t c0 = 0; c0 < n; c0 += size_t(o_.text_batch_size)) {
     const size_t c1 = std::min(n, c0 + size_t(o_.text_batch_size));
     const int64_t B = int64_t(c1 - c0), T = int64_t(ids[order[c0]].size());
     at::Tensor t_ids = at::zeros({B, T}, at::kLong), t_mask = at::zeros({B, T}, at::kLong);
     auto ia = t_ids.accessor<int64_t, 2>();
     auto ma = t_mask.accessor<int64_t, 2>();
-    std::vector<int64_t> flat;
+    std::vector<int64_t> flat, dest;  // kept positions in the [B * T] batch, their output rows
     bool padded = false;
     for (int64_t b = 0; b < B; ++b) {
       const size_t i = order[c0 + size_t(b)];
       padded |= int64_t(ids[i].size()) != T;
+      int64_t r = base[i];
       for (int64_t j = 0; j < int64_t(ids[i].size()); ++j) {
         ia[b][j] = ids[i][size_t(j)];
         ma[b][j] = 1;
         if (keep[i][size_t(j)]) {
           flat.push_back(b * T + j);
-          key.push_back(int64_t(i) * (int64_t(1) << 32) + j);
+          dest.push_back(r);
+          out.token_ids[size_t(r)] = ids[i][size_t(j)];
+          out.doc_ids[size_t(r)] = int32_t(seqs[i].doc);
+          out.positions[size_t(r)] = pos[i][size_t(j)];
+          ++r;
         }
       }
     }
     if (flat.empty()) continue;
-    TraceResult r = model_.trace_ids(t_ids, padded ? t_mask : at::Tensor(), topt);
-    at::Tensor sel = at::tensor(flat, at::kLong);
+    TraceResult res = model_.trace_ids(t_ids, padded ? t_mask : at::Tensor(), topt);
+    at::Tensor sel = at::tensor(flat, at::kLong), to = at::tensor(dest, at::kLong);
     for (size_t s = 0; s < sites_.size(); ++s) {
-      at::Tensor a = r.activations.at(model_.sites()[sites_[s]].name).reshape({B * T, dims_[s]});
-      parts[s].push_back(a.index_select(0, sel.to(a.device())));
+      at::Tensor a = res.activations.at(model_.sites()[sites_[s]].name).reshape({B * T, dims_[s]});
+      if (!out.acts[s].defined()) out.acts[s] = at::empty({total, dims_[s]}, a.options());
+      out.acts[s].index_copy_(0, to.to(a.device()), a.index_select(0, sel.to(a.device())));
     }
   }
-  Rows out;
-  at::Tensor perm = at::argsort(at::tensor(key, at::kLong));  // keys are unique: a total order
-  const int64_t* pp = perm.data_ptr<int64_t>();
-  for (int64_t r = 0; r < perm.numel(); ++r) {
-    const int64_t k = key[size_t(pp[r])];
-    const size_t i = size_t(k >> 32), j = size_t(k & 0xFFFFFFFF);
-    out.token_ids.push_back(ids[i][j]);
-    out.doc_ids.push_back(int32_t(seqs[i].doc));
-    out.positions.push_back(pos[i][j]);
-  }
-  for (size_t s = 0; s < sites_.size(); ++s) {
-    if (parts[s].empty()) {
-      out.acts.push_back(at::empty({0, dims_[s]}));
-      continue;
-    }
-    at::Tensor all = at::cat(parts[s]);
-    out.acts.push_back(all.index_select(0, perm.to(all.device())));
-  }
+  for (size_t s = 0; s < sites_.size(); ++s)
+    if (!out.acts[s].defined()) out.acts[s] = at::empty({0, dims_[s]});
   return out;
 }
 
@@ -409,14 +413,16 @@ void BatchStream::fill() {
   at::Tensor rows = src_.next_rows(pos_.epoch, c, buffer_rows_);
   next_cursor_ = c;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(mix_seed({seed_, 0xB0FF, uint64_t(pos_.epoch), uint64_t(pos_.cursor)}));
-  at::Tensor perm = at::randperm(rows.size(0), gen, at::TensorOptions().dtype(at::kLong));
-  buf_ = rows.index_select(0, perm.to(rows.device()));
+  // The rows stay where the source put them; batches gather through the permutation (a second, permuted
+  // copy of the buffer would double its memory at every refill).
+  perm_ = at::randperm(rows.size(0), gen, at::TensorOptions().dtype(at::kLong)).to(rows.device());
+  buf_ = rows;
   ++fills_;
 }
 
 at::Tensor BatchStream::current_buffer() {
   if (!buf_.defined()) fill();
-  return buf_;
+  return buf_.index_select(0, perm_);
 }
 
 at::Tensor BatchStream::next() {
@@ -430,11 +436,11 @@ at::Tensor BatchStream::next() {
       MLXTERP_CHECK(++guard < 1000000, "SAE training: the data source returned no rows");
       if (src_.epoch_done(pos_.epoch, next_cursor_)) pos_ = {pos_.epoch + 1, 0, 0};
       else pos_ = {pos_.epoch, next_cursor_, 0};
-      buf_ = at::Tensor();
+      buf_ = perm_ = at::Tensor();
       continue;
     }
     const int64_t take = std::min(need, avail);
-    parts.push_back(buf_.narrow(0, pos_.offset, take));
+    parts.push_back(buf_.index_select(0, perm_.narrow(0, pos_.offset, take)));
     pos_.offset += take;
     need -= take;
   }
@@ -443,7 +449,7 @@ at::Tensor BatchStream::next() {
 
 void BatchStream::restore(const StreamPosition& p) {
   pos_ = p;
-  buf_ = at::Tensor();
+  buf_ = perm_ = at::Tensor();
 }
 
 }  // namespace mlxterp
