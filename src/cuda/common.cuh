@@ -183,34 +183,10 @@ __device__ __forceinline__ int warp_sum_int(int v) {
   return v;
 }
 
-// Sums N values over the block; every thread gets the N totals. smem: at least 33 * N floats.
-template <int N>
-__device__ __forceinline__ void block_sum(float (&v)[N], float* smem) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-  for (int i = 0; i < N; ++i) v[i] = warp_sum(v[i]);
-  if (lane == 0) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) smem[i * 32 + warp] = v[i];
-  }
-  __syncthreads();
-  if (warp == 0) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      float s = lane < nw ? smem[i * 32 + lane] : 0.f;
-      s = warp_sum(s);
-      if (lane == 0) smem[32 * N + i] = s;
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < N; ++i) v[i] = smem[32 * N + i];
-  __syncthreads();  // smem may be reused right after
-}
-
-// block_sum without the trailing barrier: for smem that only calls of block_sum_2sync<N> with this same N
-// touch. Safe back to back: a call writes its partials before, and its totals after, its first barrier,
-// and every thread has read the previous call's totals before it reaches that barrier.
+// Sums N values over the block (every thread gets the N totals; smem: at least 33 * N floats), with two
+// barriers: for smem that only calls of block_sum_2sync<N> with this same N touch. Safe back to back: a
+// call writes its partials before, and its totals after, its first barrier, and every thread has read the
+// previous call's totals before it reaches that barrier.
 template <int N>
 __device__ __forceinline__ void block_sum_2sync(float (&v)[N], float* smem) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -232,6 +208,14 @@ __device__ __forceinline__ void block_sum_2sync(float (&v)[N], float* smem) {
   __syncthreads();
 #pragma unroll
   for (int i = 0; i < N; ++i) v[i] = smem[32 * N + i];
+}
+
+// Sums N values over the block; every thread gets the N totals. smem: at least 33 * N floats, free for
+// reuse when it returns.
+template <int N>
+__device__ __forceinline__ void block_sum(float (&v)[N], float* smem) {
+  block_sum_2sync<N>(v, smem);
+  __syncthreads();
 }
 
 __device__ __forceinline__ float block_sum1(float v, float* smem) {

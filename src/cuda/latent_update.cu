@@ -34,6 +34,40 @@ constexpr int min_blocks() {
 // The pair's gradient-row source: main (token < n_main) or AuxK.
 __device__ __forceinline__ int source_of(int tok, int n_main) { return tok < n_main ? 0 : 1; }
 
+// The block's latents' pair ranges [beg, end), each read one row ahead of its use (it is the head of the
+// row's dependent chain offsets -> pairs -> gradient rows).
+struct PairRanges {
+  const int* offsets;
+  int F, beg_next = 0, end_next = 0;
+  __device__ PairRanges(const LatentPairs& P, int F_) : offsets(P.offsets), F(F_) {
+    if (int(blockIdx.x) < F) {
+      beg_next = offsets[blockIdx.x];
+      end_next = offsets[blockIdx.x + 1];
+    }
+  }
+  // Row f's range; fetches that of the block's next row, f + gridDim.x.
+  __device__ void take(int f, int& beg, int& end) {
+    beg = beg_next;
+    end = end_next;
+    const int fn = f + int(gridDim.x);
+    if (fn < F) {
+      beg_next = offsets[fn];
+      end_next = offsets[fn + 1];
+    }
+  }
+};
+
+// This thread's elements of a weight row (split layout) into w; g (the row's gradient) zeroed.
+template <int CH>
+__device__ __forceinline__ void start_row(const float* row, int d, float (&w)[CH][8], float (&g)[CH][8]) {
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) g[c][i] = 0.f;
+    load_split_stream(row, c, d, w[c]);
+  }
+}
+
 template <int CH>
 __global__ void __launch_bounds__(512, min_blocks<CH>())
     decoder_kernel(LatentMode mode, int F, int d, LatentPairs P, const uint16_t* __restrict__ G16,
@@ -53,21 +87,13 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
   const uint64_t keep = l2_evict_last();
   float nacc = 0.f;
 
-  int beg_next = blockIdx.x < F ? P.offsets[blockIdx.x] : 0, end_next = blockIdx.x < F ? P.offsets[blockIdx.x + 1] : 0;
+  PairRanges ranges(P, F);
   for (int f = blockIdx.x; f < F; f += gridDim.x) {
     const int64_t row = int64_t(f) * d;
-    const int beg = beg_next, end = end_next, fn = f + gridDim.x;
-    if (fn < F) {
-      beg_next = P.offsets[fn];
-      end_next = P.offsets[fn + 1];
-    }
+    int beg, end;
+    ranges.take(f, beg, end);
     float w[CH][8], g[CH][8];
-#pragma unroll
-    for (int c = 0; c < CH; ++c)
-#pragma unroll
-      for (int i = 0; i < 8; ++i) w[c][i] = g[c][i] = 0.f;
-#pragma unroll
-    for (int c = 0; c < CH; ++c) load_split_stream(W + row, c, d, w[c]);
+    start_row<CH>(W + row, d, w, g);
 
     // Gradient: g = sum over the latent's pairs of coef * a * G[n]. The block reduction of each batch of
     // pairs gives their dot products G[n] . w (the activations' gradients) and, on the first batch, w . w;
@@ -198,21 +224,13 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     for (int i = 0; i < 8; ++i) bacc[c][i] = 0.f;
   float nacc = 0.f;
 
-  int beg_next = blockIdx.x < F ? P.offsets[blockIdx.x] : 0, end_next = blockIdx.x < F ? P.offsets[blockIdx.x + 1] : 0;
+  PairRanges ranges(P, F);
   for (int f = blockIdx.x; f < F; f += gridDim.x) {
     const int64_t row = int64_t(f) * d;
-    const int beg = beg_next, end = end_next, fn = f + gridDim.x;
-    if (fn < F) {
-      beg_next = P.offsets[fn];
-      end_next = P.offsets[fn + 1];
-    }
+    int beg, end;
+    ranges.take(f, beg, end);
     float w[CH][8], g[CH][8];
-#pragma unroll
-    for (int c = 0; c < CH; ++c)
-#pragma unroll
-      for (int i = 0; i < 8; ++i) w[c][i] = g[c][i] = 0.f;
-#pragma unroll
-    for (int c = 0; c < CH; ++c) load_split_stream(W + row, c, d, w[c]);
+    start_row<CH>(W + row, d, w, g);
     float gb = 0.f;
     int fired = 0;
     for (int p0 = beg; p0 < end; p0 += kPairBatch) {
