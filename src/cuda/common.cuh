@@ -69,10 +69,6 @@ __device__ __forceinline__ void load_f8_ro(const float* p, float f[8]) {
   float4 a = ld_ro_f4(p), b = ld_ro_f4(p + 4);
   f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
 }
-__device__ __forceinline__ void store_f8_stream(float* p, const float f[8]) {
-  st_stream_f4(p, make_float4(f[0], f[1], f[2], f[3]));
-  st_stream_f4(p + 4, make_float4(f[4], f[5], f[6], f[7]));
-}
 __device__ __forceinline__ void store_f8(float* p, const float f[8]) {
   *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
   *reinterpret_cast<float4*>(p + 4) = make_float4(f[4], f[5], f[6], f[7]);

@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     }
   }
   if (mode != LatentMode::UpdateOnly) {
-    __syncthreads();  // s_pairs / s_norm may still be read by slower threads of the last row
+    __syncthreads();  // block_sum1 reuses s_pairs: a barrier, rather than relying on block_sum_2sync's layout
     nacc = block_sum1(nacc, s_pairs);
     if (t == 0) norm_partial[blockIdx.x] = nacc;
   }
@@ -301,11 +301,6 @@ struct GridCache {
   int device = -1, d = -1, grid = 0;
 };
 
-template <class K>
-void occupancy(int* per_sm, K kernel, int threads) {
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, kernel, threads, 0) != cudaSuccess) *per_sm = 1;
-}
-
 }  // namespace
 
 int latent_grid_size(int d) {
@@ -317,15 +312,19 @@ int latent_grid_size(int d) {
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   const RowLayout L = row_layout(d);
   int per_sm_dec = 1, per_sm_enc = 1;
-  if (L.ch == 1) {
-    occupancy(&per_sm_dec, decoder_kernel<1>, L.threads);
-    occupancy(&per_sm_enc, encoder_kernel<1>, L.threads);
-  } else if (L.ch == 2) {
-    occupancy(&per_sm_dec, decoder_kernel<2>, L.threads);
-    occupancy(&per_sm_enc, encoder_kernel<2>, L.threads);
-  } else {
-    occupancy(&per_sm_dec, decoder_kernel<4>, L.threads);
-    occupancy(&per_sm_enc, encoder_kernel<4>, L.threads);
+  switch (L.ch) {
+    case 1:
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_dec, decoder_kernel<1>, L.threads, 0);
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_enc, encoder_kernel<1>, L.threads, 0);
+      break;
+    case 2:
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_dec, decoder_kernel<2>, L.threads, 0);
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_enc, encoder_kernel<2>, L.threads, 0);
+      break;
+    default:
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_dec, decoder_kernel<4>, L.threads, 0);
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_enc, encoder_kernel<4>, L.threads, 0);
+      break;
   }
   const int per_sm = std::max(1, std::min(per_sm_dec, per_sm_enc));
   cache = {dev, d, std::max(1, sms) * per_sm};
@@ -344,11 +343,9 @@ cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   if (grid <= 0) return cudaErrorInvalidConfiguration;
   const auto* g16 = static_cast<const uint16_t*>(G16);
   auto* w16 = static_cast<uint16_t*>(W16);
-  auto kernel = L.ch == 1   ? decoder_kernel<1>
-                : L.ch == 2 ? decoder_kernel<2>
-                            : decoder_kernel<4>;
-  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, g16, coef, W, w16,
-                      m, v, gval, adam, clip, gate, remove_parallel, renorm, norm_partial);
+  auto kernel = L.ch == 1 ? decoder_kernel<1> : (L.ch == 2 ? decoder_kernel<2> : decoder_kernel<4>);
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, g16, coef, W, w16, m, v, gval, adam, clip, gate,
+                 remove_parallel, renorm, norm_partial);
   return cudaGetLastError();
 }
 
@@ -364,11 +361,9 @@ cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   if (grid <= 0) return cudaErrorInvalidConfiguration;
   const auto* x = static_cast<const uint16_t*>(xc16);
   auto* w16 = static_cast<uint16_t*>(W16);
-  auto kernel = L.ch == 1   ? encoder_kernel<1>
-                : L.ch == 2 ? encoder_kernel<2>
-                            : encoder_kernel<4>;
-  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, m,
-                      v, b, bm, bv, adam, bias_adam, clip, gate, fire_threshold, fire_count, bdec_partial, norm_partial);
+  auto kernel = L.ch == 1 ? encoder_kernel<1> : (L.ch == 2 ? encoder_kernel<2> : encoder_kernel<4>);
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, m, v, b, bm, bv, adam,
+                 bias_adam, clip, gate, fire_threshold, fire_count, bdec_partial, norm_partial);
   return cudaGetLastError();
 }
 

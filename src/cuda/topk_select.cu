@@ -249,90 +249,90 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 
   if (!done) {
-  // Level-0 histogram of the positive keys.
-  int npos = 0;
-  for_each_key(row, b_enc, mask, 0, F, [&](int, unsigned key) {
-    if (key) {
-      atomicAdd(&s_hist[key >> 19], 1);
-      ++npos;
-    }
-  });
-  int total_pos;
-  block_inclusive_scan(npos, s_scan, &total_pos);
-
-  if (total_pos <= k) {
-    // Every positive key, then the lowest latents among the zeros.
-    for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
-      if (key) push(f, key);
+    // Level-0 histogram of the positive keys.
+    int npos = 0;
+    for_each_key(row, b_enc, mask, 0, F, [&](int, unsigned key) {
+      if (key) {
+        atomicAdd(&s_hist[key >> 19], 1);
+        ++npos;
+      }
     });
-    __syncthreads();
-    ordered_take(row, b_enc, mask, F, 0u, k - total_pos, total_pos, s_sel_idx, s_sel_key, s_scan);
-  } else {
-    int needed = k;
-    unsigned prefix = 0;
-    for (int level = 0;; ++level) {
-      find_bin(s_hist, needed, s_scan, s_pick);
-      const unsigned bin = unsigned(s_pick[0]);
-      const int above = s_pick[1], eq = s_pick[2];
-      const int sh = lvl_shift(level);
-      const unsigned pm = lvl_pmask(level), dm = lvl_dmask(level);
-      const unsigned new_prefix = prefix | (bin << sh);
-      if (eq <= kCand) {
-        // Above the bin: in. In the bin: candidates, sorted by (key desc, latent asc).
+    int total_pos;
+    block_inclusive_scan(npos, s_scan, &total_pos);
+
+    if (total_pos <= k) {
+      // Every positive key, then the lowest latents among the zeros.
+      for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
+        if (key) push(f, key);
+      });
+      __syncthreads();
+      ordered_take(row, b_enc, mask, F, 0u, k - total_pos, total_pos, s_sel_idx, s_sel_key, s_scan);
+    } else {
+      int needed = k;
+      unsigned prefix = 0;
+      for (int level = 0;; ++level) {
+        find_bin(s_hist, needed, s_scan, s_pick);
+        const unsigned bin = unsigned(s_pick[0]);
+        const int above = s_pick[1], eq = s_pick[2];
+        const int sh = lvl_shift(level);
+        const unsigned pm = lvl_pmask(level), dm = lvl_dmask(level);
+        const unsigned new_prefix = prefix | (bin << sh);
+        if (eq <= kCand) {
+          // Above the bin: in. In the bin: candidates, sorted by (key desc, latent asc).
+          for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
+            if (key && (key & pm) == prefix) {
+              const unsigned dg = (key >> sh) & dm;
+              if (dg > bin) {
+                push(f, key);
+              } else if (dg == bin) {
+                const int c = atomicAdd(&s_ncand, 1);
+                s_cand[c] = (u64(key) << 32) | u64(~unsigned(f));
+              }
+            }
+          });
+          __syncthreads();
+          const int nc = s_ncand, n2 = next_pow2(nc);
+          for (int i = nc + t; i < n2; i += blockDim.x) s_cand[i] = 0ull;
+          __syncthreads();
+          bitonic_sort(s_cand, n2, /*descending=*/true);
+          const int take = needed - above, base = s_nsel;
+          for (int i = t; i < take; i += blockDim.x) {
+            const u64 c = s_cand[i];
+            s_sel_idx[base + i] = int(~unsigned(c & 0xffffffffull));
+            s_sel_key[base + i] = unsigned(c >> 32);
+          }
+          break;
+        }
+        if (level == 2) {
+          // More than kCand identical keys (== new_prefix): the lowest latents among them.
+          for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
+            if (key && (key & pm) == prefix && ((key >> sh) & dm) > bin) push(f, key);
+          });
+          __syncthreads();
+          const int base = s_nsel;
+          ordered_take(row, b_enc, mask, F, new_prefix, needed - above, base, s_sel_idx, s_sel_key, s_scan);
+          break;
+        }
+        // One level deeper: take what is above the bin, histogram the next digit inside it.
+        for (int i = t; i < kBins; i += blockDim.x) s_hist[i] = 0;
+        __syncthreads();
+        const int sh2 = lvl_shift(level + 1);
+        const unsigned dm2 = lvl_dmask(level + 1);
         for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
           if (key && (key & pm) == prefix) {
             const unsigned dg = (key >> sh) & dm;
-            if (dg > bin) {
+            if (dg > bin)
               push(f, key);
-            } else if (dg == bin) {
-              const int c = atomicAdd(&s_ncand, 1);
-              s_cand[c] = (u64(key) << 32) | u64(~unsigned(f));
-            }
+            else if (dg == bin)
+              atomicAdd(&s_hist[(key >> sh2) & dm2], 1);
           }
         });
         __syncthreads();
-        const int nc = s_ncand, n2 = next_pow2(nc);
-        for (int i = nc + t; i < n2; i += blockDim.x) s_cand[i] = 0ull;
-        __syncthreads();
-        bitonic_sort(s_cand, n2, /*descending=*/true);
-        const int take = needed - above, base = s_nsel;
-        for (int i = t; i < take; i += blockDim.x) {
-          const u64 c = s_cand[i];
-          s_sel_idx[base + i] = int(~unsigned(c & 0xffffffffull));
-          s_sel_key[base + i] = unsigned(c >> 32);
-        }
-        break;
+        needed -= above;
+        prefix = new_prefix;
       }
-      if (level == 2) {
-        // More than kCand identical keys (== new_prefix): the lowest latents among them.
-        for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
-          if (key && (key & pm) == prefix && ((key >> sh) & dm) > bin) push(f, key);
-        });
-        __syncthreads();
-        const int base = s_nsel;
-        ordered_take(row, b_enc, mask, F, new_prefix, needed - above, base, s_sel_idx, s_sel_key, s_scan);
-        break;
-      }
-      // One level deeper: take what is above the bin, histogram the next digit inside it.
-      for (int i = t; i < kBins; i += blockDim.x) s_hist[i] = 0;
-      __syncthreads();
-      const int sh2 = lvl_shift(level + 1);
-      const unsigned dm2 = lvl_dmask(level + 1);
-      for_each_key(row, b_enc, mask, 0, F, [&](int f, unsigned key) {
-        if (key && (key & pm) == prefix) {
-          const unsigned dg = (key >> sh) & dm;
-          if (dg > bin)
-            push(f, key);
-          else if (dg == bin)
-            atomicAdd(&s_hist[(key >> sh2) & dm2], 1);
-        }
-      });
-      __syncthreads();
-      needed -= above;
-      prefix = new_prefix;
     }
   }
-  }  // !done
   __syncthreads();
 
   // The k selections sorted by latent; the smallest selected key is the row's k-th largest.
