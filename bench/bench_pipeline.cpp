@@ -13,6 +13,7 @@
 #include <cstdio>
 
 #include "bench_util.hpp"
+#include "cuda/forward_ops.hpp"
 #include "mlxterp/config.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/model.hpp"
@@ -187,6 +188,12 @@ int main(int argc, char** argv) {
         results[key] = tps;
       };
       report("forward_stop", "forward to the hooked layer (early exit)", run.tokens_per_s(true, {}));
+      if (forward_ops::built() && forward_ops::enabled()) {
+        // The same forward with the libtorch ops the fused kernels replace (RMSNorm, SiLU * up, RoPE).
+        forward_ops::set_enabled(false);
+        report("forward_stop_unfused", "forward to the hooked layer, unfused elementwise ops", run.tokens_per_s(true, {}));
+        forward_ops::set_enabled(true);
+      }
       report("forward_full", "forward through the whole model", run.tokens_per_s(false, {}));
       std::unique_ptr<Sae> sae = make_sae(c, c.k, dev, 1);
       reset_peak_memory(dev);
@@ -225,6 +232,9 @@ int main(int argc, char** argv) {
     std::printf("%-40s %14s %14s %8s\n", "tokens/s", "mlxterp", "pytorch+HF", "ratio");
     for (const char* k : {"forward_stop", "forward_full", "pipeline_stop", "pipeline_full"})
       std::printf("%-40s %13.1fK %13.1fK %7.2fx\n", k, ours(k) / 1e3, theirs(k) / 1e3, ours(k) / theirs(k));
+    if (results.contains("forward_stop_unfused"))
+      std::printf("%-40s %13.1fK %13.1fK %7.2fx\n", "forward_stop (unfused ops)", ours("forward_stop_unfused") / 1e3,
+                  theirs("forward_stop") / 1e3, ours("forward_stop_unfused") / theirs("forward_stop"));
     std::printf("%-40s %13.1fK\n", "pipeline_stop_two_saes", ours("pipeline_stop_two_saes") / 1e3);
     const double r16 = ours("pipeline_stop") / theirs("pipeline_stop");
     const double rfull = ours("pipeline_stop") / theirs("pipeline_full");

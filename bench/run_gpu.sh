@@ -118,7 +118,7 @@ BIN_PIPE=$(find "$BUILD" -name bench_pipeline -type f -perm -u+x | head -1)
 
 # ---- unit tests on the GPU ---------------------------------------------------------------------------------------
 export MLXTERP_TEST_DEVICE=cuda
-GPU_TESTS='CudaSae*:SaeKernels*:ShuffleBuffer*:CudaTrainStep*:SaeStep*'
+GPU_TESTS='CudaSae*:SaeKernels*:ShuffleBuffer*:CudaTrainStep*:SaeStep*:ForwardOps*'
 if [[ -n "$BIN_TESTS" ]]; then
   # The GPU-kernel tests in full (every assertion's message lands in tests.log).
   stage tests_cuda 120 "$OUT/tests.log" "$BIN_TESTS" --gtest_filter="$GPU_TESTS" --gtest_color=no

@@ -135,4 +135,26 @@ cudaError_t adam_vector(int n, float* p, float* m, float* v, const float* g, Ada
 // bf16 copy of a float32 array (n % 8 == 0, 16-byte aligned).
 cudaError_t to_bf16(const float* src, void* dst, int64_t n, cudaStream_t stream);
 
+// ---- transformer forward (fused elementwise ops, bf16) ------------------------------------------------
+
+// RMSNorm of x [rows, d] (bf16, contiguous, d % 8 == 0) with weight w [d] (bf16), HF's roundings:
+//   plus_one = false (Llama): out = bf16(w * bf16(x * rsqrt(mean(x^2) + eps)))
+//   plus_one = true (Gemma):  out = bf16(x * rsqrt(mean(x^2) + eps) * (1 + w))   (float32 product)
+cudaError_t rms_norm_bf16(const void* x, const void* w, void* out, int64_t rows, int d, float eps, bool plus_one,
+                          cudaStream_t stream);
+// out = bf16(bf16(silu(g)) * u) over n elements (bf16, contiguous, 16-byte aligned; n % 8 == 0).
+cudaError_t silu_mul_bf16(const void* g, const void* u, void* out, int64_t n, cudaStream_t stream);
+// Rotary embedding of x [B, H, T, d] (bf16, last dim contiguous, any other strides) into out (same shape),
+// with cos / sin [B, T, >= rot] float32 (last dim contiguous), as HF's x * cos + rotate_half(x) * sin over
+// the first rot dimensions (cos / sin rounded to bf16 first, every product and the sum rounded to bf16);
+// dimensions rot .. d are copied.
+struct RopeShape {
+  int64_t B, H, T;
+  int d, rot;
+  int64_t xs[3], os[3];  // strides (elements) of x and out over B, H, T
+  int64_t cs[2];         // strides of cos and sin over B, T
+};
+cudaError_t rope_bf16(const void* x, void* out, const float* cos, const float* sin, const RopeShape& s,
+                      cudaStream_t stream);
+
 }  // namespace mlxterp::cuda_kernels

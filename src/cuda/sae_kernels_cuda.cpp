@@ -2,7 +2,9 @@
 // build (-DMLXTERP_CUDA=ON); the kernels themselves live in the .cu files beside this one.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #ifdef MLXTERP_CUDA_EMULATE
 // tests/emu: host pointers, kernels on CPU threads.
@@ -34,6 +36,23 @@ namespace K = mlxterp::cuda_kernels;
   } while (0)
 
 namespace {
+
+// Encoder output (bf16) computed per GEMM: 128 MB, or MLXTERP_SAE_GEMM_CHUNK_MB (1 .. 4096). Smaller saves
+// memory (it is ~4% of the weights + Adam state at d=2048, F=65536) and costs GEMM and top-k launches.
+int64_t gemm_chunk_bytes() {
+  static const int64_t bytes = [] {
+    int64_t mb = 128;
+    if (const char* env = std::getenv("MLXTERP_SAE_GEMM_CHUNK_MB"); env && *env) {
+      char* end = nullptr;
+      const long v = std::strtol(env, &end, 10);
+      MLXTERP_CHECK(*end == 0 && v >= 1 && v <= 4096, "MLXTERP_SAE_GEMM_CHUNK_MB: expected megabytes in 1 .. 4096, got '", env,
+                    "'");
+      mb = v;
+    }
+    return mb << 20;
+  }();
+  return bytes;
+}
 
 cudaStream_t current_stream() {
 #ifdef MLXTERP_CUDA_EMULATE
@@ -200,7 +219,13 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
   at::Tensor x = x_bf16 ? x_in.contiguous() : x_in.to(at::kFloat).contiguous();  // [N, d] as the decoder reads it
   at::Tensor xf = x_bf16 ? x.to(at::kFloat) : x;                                  // [N, d] float32
   at::Tensor xc16 = (xf - p.b_dec).to(at::kBFloat16).contiguous();               // [N, d] encoder input
-  at::Tensor total_var = (xf - xf.mean(0, true)).pow(2).sum();
+  // sum over (n, j) of (x[n, j] - mean_j)^2, 1024 rows at a time: no [N, d] float32 temporaries.
+  at::Tensor total_var = at::zeros({}, f32);
+  {
+    at::Tensor mean = xf.mean(0, true);
+    for (int64_t r0 = 0; r0 < N; r0 += 1024)
+      total_var += (xf.narrow(0, r0, std::min<int64_t>(1024, N - r0)) - mean).pow(2).sum();
+  }
   at::Tensor denom = c.loss_norm == LossNorm::FVU          ? total_var
                      : c.loss_norm == LossNorm::MeanSquare ? at::scalar_tensor(double(N * d), f32)
                                                            : at::scalar_tensor(double(N), f32);
@@ -233,8 +258,8 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
     sel.lat32 = at::empty({P}, i32);
     sel.tok32 = at::empty({P}, i32);
     sel.values = at::empty({P}, f32);
-    // Rows per GEMM: at most ~128 MB of encoder output alive at a time.
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(128) << 20) / (F * 2)));
+    // Rows per GEMM: at most gemm_chunk_bytes() of encoder output alive at a time.
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, gemm_chunk_bytes() / (F * 2)));
     // The first chunk's k-th values give the later chunks a guess (their 2nd percentile): most rows are
     // then selected in one read of the encoder output instead of two. Exact whatever the guess.
     at::Tensor kth0, guess;

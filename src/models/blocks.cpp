@@ -3,11 +3,13 @@
 #include <cmath>
 #include <limits>
 
+#include "cuda/forward_ops.hpp"
 #include "mlxterp/error.hpp"
 
 namespace mlxterp::blocks {
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool plus_one) {
+  if (at::Tensor fused = forward_ops::rms_norm(x, w, eps, plus_one); fused.defined()) return fused;  // bf16 on CUDA
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
   xf = xf * at::rsqrt(var + eps);
@@ -33,6 +35,13 @@ at::Tensor activation(const std::string& name, const at::Tensor& x) {
   if (name == "relu") return at::relu(x);
   MLXTERP_FAIL("config: unsupported activation '", name,
                "'; expected silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast or relu");
+}
+
+at::Tensor gated_activation(const std::string& name, const at::Tensor& gate, const at::Tensor& up) {
+  if (name == "silu" || name == "swish") {
+    if (at::Tensor fused = forward_ops::silu_mul(gate, up); fused.defined()) return fused;  // bf16 on CUDA
+  }
+  return activation(name, gate) * up;
 }
 
 // ---- rotary ---------------------------------------------------------------------------------------
@@ -134,6 +143,7 @@ static at::Tensor rotate_half(const at::Tensor& x) {
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   // x [b, heads, t, d]; cos/sin [b, t, rot] -> [b, 1, t, rot]; cast to x's dtype like HF.
+  if (at::Tensor fused = forward_ops::rope(x, cos, sin); fused.defined()) return fused;  // bf16 on CUDA
   const int64_t rot = cos.size(-1);
   at::Tensor c = cos.unsqueeze(1).to(x.scalar_type()), s = sin.unsqueeze(1).to(x.scalar_type());
   if (rot == x.size(-1)) return x * c + rotate_half(x) * s;

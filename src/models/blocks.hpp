@@ -24,6 +24,8 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 
 // Activation by HF name: silu/swish, gelu, gelu_new / gelu_pytorch_tanh (tanh approximation), relu, gelu_fast.
 at::Tensor activation(const std::string& name, const at::Tensor& x);
+// activation(name, gate) * up (gated MLPs), fused into one kernel for SiLU on bf16 CUDA tensors.
+at::Tensor gated_activation(const std::string& name, const at::Tensor& gate, const at::Tensor& up);
 
 // ---- rotary embeddings --------------------------------------------------------------------------
 

@@ -259,7 +259,7 @@ at::Tensor LlamaModel::mlp_block(int i, const at::Tensor& h, Hooks& H) {
   const LayerWeights& w = lw_[i];
   at::Tensor g = H(s.gate, blocks::linear(h, w.gate, w.gate_b));  // [b, t, d_mlp]
   at::Tensor u = H(s.up, blocks::linear(h, w.up, w.up_b));
-  at::Tensor hid = H(s.hidden, blocks::activation(config_.hidden_act, g) * u);
+  at::Tensor hid = H(s.hidden, blocks::gated_activation(config_.hidden_act, g, u));
   at::Tensor d = H(s.down, blocks::linear(hid, w.down, w.down_b));  // [b, t, d_model]
   return H(s.mlp, d);
 }

@@ -159,7 +159,7 @@ class MoEModel : public FamilyModel {
   }
 
   at::Tensor expert_mlp(const Expert& e, const at::Tensor& x) const {
-    return at::linear(blocks::activation(config_.hidden_act, at::linear(x, e.gate)) * at::linear(x, e.up), e.down);
+    return at::linear(blocks::gated_activation(config_.hidden_act, at::linear(x, e.gate), at::linear(x, e.up)), e.down);
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {

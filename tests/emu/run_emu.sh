@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the CUDA-kernel tests (tests/unit/test_cuda_sae_kernels.cpp) on a machine without a GPU: the .cu files
-# are compiled as C++ against tests/emu/emu/cuda_emu.h (a cooperative context per CUDA thread, all on one
-# OS thread; __syncthreads and warp shuffles are barriers; divergent barriers abort).
+# Runs the CUDA-kernel tests (tests/unit/test_cuda_sae_kernels.cpp, test_forward_ops.cpp) on a machine without
+# a GPU: the .cu files are compiled as C++ against tests/emu/emu/cuda_emu.h (a cooperative context per CUDA
+# thread, all on one OS thread; __syncthreads and warp shuffles are barriers; divergent barriers abort).
 #
 #   tests/emu/run_emu.sh                      # needs a configured CPU build in ./build (libmlxterp.so)
 #   SAN=address tests/emu/run_emu.sh          # with AddressSanitizer (out-of-bounds accesses)
@@ -30,10 +30,12 @@ compile() {  # src obj [extra flags]
     nice g++ "${FLAGS[@]}" "$@" -c "$src" -o "$obj"
   fi
 }
-for f in topk_select sparse_decode latent_update; do compile "$ROOT/src/cuda/$f.cu" "$OUT/$f.o" -x c++; done
+for f in topk_select sparse_decode latent_update forward_kernels; do compile "$ROOT/src/cuda/$f.cu" "$OUT/$f.o" -x c++; done
 compile "$ROOT/src/cuda/sae_kernels.cpp" "$OUT/sae_kernels.o"
 compile "$ROOT/src/cuda/sae_kernels_cuda.cpp" "$OUT/sae_kernels_cuda.o"
+compile "$ROOT/src/cuda/forward_ops.cpp" "$OUT/forward_ops.o"
 compile "$ROOT/tests/unit/test_cuda_sae_kernels.cpp" "$OUT/test_cuda_sae_kernels.o"
+compile "$ROOT/tests/unit/test_forward_ops.cpp" "$OUT/test_forward_ops.o"
 if [[ -n "${SAE_TREE:-}" ]]; then
   FLAGS+=(-I"$SAE_TREE/include")
   mkdir -p "$OUT/sae"
@@ -47,4 +49,4 @@ compile "$ROOT/tests/unit/test_main.cpp" "$OUT/test_main.o"
 # Our objects come first: their sae_kernels symbols take precedence over libmlxterp's CPU-only ones.
 g++ "${FLAGS[@]}" "$OUT"/*.o ${EXTRA_OBJS[@]+"${EXTRA_OBJS[@]}"} -o "$OUT/emu_tests" -L"$BUILD" -Wl,-rpath,"$BUILD" -lmlxterp \
     -ltorch -ltorch_cpu -lc10 -lgtest -lpthread
-"$OUT/emu_tests" "${@:---gtest_filter=CudaSae*}"
+"$OUT/emu_tests" "${@:---gtest_filter=CudaSae*:ForwardOps*}"

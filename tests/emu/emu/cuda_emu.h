@@ -74,6 +74,7 @@ inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) { return {emu_f2
 inline unsigned __float_as_uint(float f) { return std::bit_cast<unsigned>(f); }
 inline float __uint_as_float(unsigned u) { return std::bit_cast<float>(u); }
 inline int __popc(unsigned v) { return std::popcount(v); }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 using std::max;
 using std::min;
 
