@@ -54,9 +54,11 @@ TEST(AnalysisPatching, NoPatchIsCorruptedAndFinalLastPositionIsClean) {
       {{last, {0, 5, 12, t - 2}, {}}},     // the final block at earlier positions cannot reach the last logits
   };
   PatchRuns runs = run_patches(m, p.clean, p.corrupt, specs);
-  EXPECT_EQ(max_abs_diff(runs.logits[0], runs.corrupt_logits), 0.0);
-  EXPECT_LT(max_abs_diff(runs.logits[1], runs.clean_logits), 1e-5);
-  EXPECT_EQ(max_abs_diff(runs.logits[2], runs.corrupt_logits), 0.0);
+  // The patched runs go in one batch, the corrupt run alone: some BLAS builds round a batched GEMM's rows
+  // differently (OpenBLAS 0.3.21 on AMD EPYC: ~1e-5 on these logits), so "equal" is up to that.
+  EXPECT_LT(max_abs_diff(runs.logits[0], runs.corrupt_logits), 1e-4);
+  EXPECT_LT(max_abs_diff(runs.logits[1], runs.clean_logits), 1e-4);
+  EXPECT_LT(max_abs_diff(runs.logits[2], runs.corrupt_logits), 1e-4);
   // And through the sweep API: recovery 1 at (last layer, last position), 0 elsewhere in that row.
   PatchOptions o = logit_diff_options(p, "resid_post");
   o.positions = PatchPositions::Each;
@@ -76,7 +78,7 @@ TEST(AnalysisPatching, AllHeadsEqualAttentionOutputAndBatchingIsInvisible) {
                                   {{"model.layers.2.self_attn", {}, {}}},
                                   {{"model.layers.2.self_attn.z", {}, {3}}}};
   PatchRuns runs = run_patches(m, p.clean, p.corrupt, specs);
-  EXPECT_LT(max_abs_diff(runs.logits[0], runs.logits[1]), 1e-5) << "patching every head's z must equal patching o_proj's output";
+  EXPECT_LT(max_abs_diff(runs.logits[0], runs.logits[1]), 1e-4) << "patching every head's z must equal patching o_proj's output";
   EXPECT_GT(max_abs_diff(runs.logits[2], runs.corrupt_logits), 1e-6) << "one head's patch must change something";
   // Batch size 1 and 32 give the same sweep.
   PatchOptions o = logit_diff_options(p, "head");
@@ -177,7 +179,7 @@ TEST(AnalysisPatching, DifferentLengthsNeedAnAlignment) {
   // End alignment: the last positions line up, so the final block's last position restores the clean run.
   EXPECT_NEAR(r.recovery[0][int64_t(longer.size()) - 1][0].item<double>(), 1.0, 1e-4);
   // Position 0 of the longer prompt has no clean counterpart: left unpatched.
-  EXPECT_NEAR(r.recovery[0][0][0].item<double>(), 0.0, 1e-9);
+  EXPECT_NEAR(r.recovery[0][0][0].item<double>(), 0.0, 1e-5);  // (batched vs single runs: rounding only)
 }
 
 }  // namespace

@@ -179,9 +179,19 @@ TEST(SaeData, StreamIsDeterministicResumableAndCoversEachEpoch) {
   while (!src.epoch_done(0, cur)) all.push_back(src.next_rows(0, cur, 300));
   at::Tensor rows = at::cat(all);
   ASSERT_EQ(rows.size(0), T);
-  auto by_first_col = [](const at::Tensor& t) { return t.index_select(0, std::get<1>(t.select(1, 0).sort())); };
-  // (harvested in other groupings here, so equal up to float rounding)
-  EXPECT_LT(max_abs_diff(by_first_col(first), by_first_col(rows)), 1e-5) << "epoch 0 is not a permutation of the data";
+  // Harvested in other groupings here (other padding, other GEMM shapes), so equal up to float rounding, which
+  // can reorder rows by any one key: instead, every batch row has a training row within rounding distance and
+  // every training row a batch row (exact distances: cdist's matrix-product mode cancels to ~1e-3 here).
+  auto nearest = [](const at::Tensor& a, const at::Tensor& b) {
+    std::vector<at::Tensor> out;
+    for (int64_t r0 = 0; r0 < a.size(0); r0 += 512)
+      out.push_back(std::get<0>(at::cdist(a.narrow(0, r0, std::min<int64_t>(512, a.size(0) - r0)), b, 2.0,
+                                          /*compute_mode=donot_use_mm_for_euclid_dist*/ 2)
+                                    .min(1)));
+    return at::cat(out).max().item<double>();
+  };
+  EXPECT_LT(nearest(first, rows), 1e-4) << "epoch 0 has rows that are not in the data";
+  EXPECT_LT(nearest(rows, first), 1e-4) << "epoch 0 misses rows of the data";
   // Restoring any position replays exactly the same batches.
   for (size_t at_i : {size_t(3), size_t(11), batches.size() - 2}) {
     BatchStream r(src, B, 700, 7);
