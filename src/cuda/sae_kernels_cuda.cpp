@@ -217,19 +217,25 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
 
   const bool x_bf16 = x_in.scalar_type() == at::kBFloat16;
   at::Tensor x = x_bf16 ? x_in.contiguous() : x_in.to(at::kFloat).contiguous();  // [N, d] as the decoder reads it
-  at::Tensor xf = x_bf16 ? x.to(at::kFloat) : x;                                  // [N, d] float32
-  at::Tensor xc16 = (xf - p.b_dec).to(at::kBFloat16).contiguous();               // [N, d] encoder input
-  // sum over (n, j) of (x[n, j] - mean_j)^2, 1024 rows at a time: no [N, d] float32 temporaries.
+  // The encoder input xc16 = bf16(x - b_dec) and the total variance sum_{n,j} (x[n, j] - mean_j)^2, 1024 rows
+  // at a time: a float32 copy of x and its temporaries would set the step's peak memory (~190 MB at d=4096).
+  constexpr int64_t kRows = 1024;
+  auto rows_f32 = [&](int64_t r0) { return x.narrow(0, r0, std::min<int64_t>(kRows, N - r0)).to(at::kFloat); };
+  at::Tensor xc16 = at::empty({N, d}, bf16);  // [N, d] encoder input
   at::Tensor total_var = at::zeros({}, f32);
   {
-    at::Tensor mean = xf.mean(0, true);
-    for (int64_t r0 = 0; r0 < N; r0 += 1024)
-      total_var += (xf.narrow(0, r0, std::min<int64_t>(1024, N - r0)) - mean).pow(2).sum();
+    at::Tensor mean = at::zeros({1, d}, f32);
+    for (int64_t r0 = 0; r0 < N; r0 += kRows) mean += rows_f32(r0).sum(0, true);
+    mean /= double(N);
+    for (int64_t r0 = 0; r0 < N; r0 += kRows) {
+      at::Tensor xr = rows_f32(r0);
+      xc16.narrow(0, r0, xr.size(0)).copy_(xr - p.b_dec);
+      total_var += (xr - mean).pow(2).sum();
+    }
   }
   at::Tensor denom = c.loss_norm == LossNorm::FVU          ? total_var
                      : c.loss_norm == LossNorm::MeanSquare ? at::scalar_tensor(double(N * d), f32)
                                                            : at::scalar_tensor(double(N), f32);
-  xf = at::Tensor();  // not needed past this point (peak memory)
   // AuxK's dead latents, from the counters before this step.
   at::Tensor dead8, any_dead;
   if (aux_on) {
