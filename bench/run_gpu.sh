@@ -118,6 +118,10 @@ BIN_PIPE=$(find "$BUILD" -name bench_pipeline -type f -perm -u+x | head -1)
 
 # ---- unit tests on the GPU ---------------------------------------------------------------------------------------
 export MLXTERP_TEST_DEVICE=cuda
+# The shared models and corpora: ../shared/data, or a copy carried as .shared-data (without them ~120 tests skip).
+if [[ -z "${MLXTERP_DATA_DIR:-}" && ! -d "$ROOT/../shared/data" && -d "$ROOT/.shared-data" ]]; then
+  export MLXTERP_DATA_DIR="$ROOT/.shared-data"
+fi
 GPU_TESTS='CudaSae*:SaeKernels*:ShuffleBuffer*:CudaTrainStep*:SaeStep*:ForwardOps*'
 if [[ -n "$BIN_TESTS" ]]; then
   # The GPU-kernel tests in full (every assertion's message lands in tests.log).
