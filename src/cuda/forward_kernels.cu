@@ -1,6 +1,8 @@
 // Fused elementwise ops of the transformer forward (bf16): RMSNorm, SiLU(gate) * up, rotary embedding.
 // Each reproduces the rounding of the libtorch op sequence it replaces (HF's order of bf16 roundings),
 // in one read and one write of its tensors instead of the 3-8 passes of the unfused ops.
+#include <algorithm>
+
 #include "cuda/common.cuh"
 
 namespace mlxterp::cuda_kernels {
@@ -83,9 +85,12 @@ __global__ void __launch_bounds__(256) rope_kernel(const uint16_t* __restrict__ 
   }
 }
 
+// Blocks for a grid-stride loop over `items`: one per `threads` items, at most 4224 (32 per SM of a 132-SM
+// H100/H200; more only adds scheduling).
 int grid_for(int64_t items, int threads) {
+  constexpr int64_t kMaxBlocks = 132 * 32;
   const int64_t blocks = (items + threads - 1) / threads;
-  return int(blocks < 132 * 32 ? (blocks > 0 ? blocks : 1) : 132 * 32);
+  return int(std::clamp<int64_t>(blocks, 1, kMaxBlocks));
 }
 
 }  // namespace

@@ -7,15 +7,7 @@
 #include <cstring>
 
 #ifdef MLXTERP_HAVE_CUDA_KERNELS
-#include "cuda/kernels.h"
-#ifdef MLXTERP_CUDA_EMULATE
-#define MLXTERP_ON_DEVICE(t) ((t).defined())
-#else
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#define MLXTERP_ON_DEVICE(t) ((t).defined() && (t).is_cuda())
-#endif
-#include "mlxterp/error.hpp"
+#include "cuda/binding.hpp"
 #endif
 
 namespace mlxterp::forward_ops {
@@ -49,24 +41,13 @@ namespace K = mlxterp::cuda_kernels;
 
 namespace {
 
-cudaStream_t stream_of(const at::Tensor& t) {
-#ifdef MLXTERP_CUDA_EMULATE
-  (void)t;
-  return nullptr;
-#else
-  return at::cuda::getCurrentCUDAStream(t.device().index()).stream();
-#endif
-}
+using cuda_binding::current_stream;
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 // A bf16 device tensor the kernels can take; no autograd (the fused ops have no backward).
 bool usable(const at::Tensor& t) {
-  return MLXTERP_ON_DEVICE(t) && t.scalar_type() == at::kBFloat16 && !t.requires_grad() && t.numel() > 0;
-}
-
-void check(cudaError_t err, const char* what) {
-  MLXTERP_CHECK(err == cudaSuccess, "forward_ops (CUDA): ", what, " failed: ", cudaGetErrorString(err));
+  return MLXTERP_ON_GPU(t) && t.scalar_type() == at::kBFloat16 && !t.requires_grad() && t.numel() > 0;
 }
 
 }  // namespace
@@ -79,40 +60,34 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool p
   if (d % 8 != 0 || w.dim() != 1 || w.size(0) != d || !x.is_contiguous() || !w.is_contiguous() || !aligned16(x) ||
       !aligned16(w))
     return {};
-#ifndef MLXTERP_CUDA_EMULATE
-  c10::cuda::CUDAGuard guard(x.device());
-#endif
+  MLXTERP_DEVICE_GUARD(x.device());
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  check(K::rms_norm_bf16(x.data_ptr(), w.data_ptr(), out.data_ptr(), x.numel() / d, int(d), float(eps), plus_one,
-                         stream_of(x)),
-        "rms_norm_bf16");
+  MLXTERP_CUDA_OK_IN("forward_ops", K::rms_norm_bf16(x.data_ptr(), w.data_ptr(), out.data_ptr(), x.numel() / d,
+                                                    int(d), float(eps), plus_one, current_stream()));
   return out;
 }
 
 at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
   if (!enabled() || !usable(g) || !usable(u) || g.device() != u.device() || !g.sizes().equals(u.sizes())) return {};
   if (!g.is_contiguous() || !u.is_contiguous() || g.numel() % 8 != 0 || !aligned16(g) || !aligned16(u)) return {};
-#ifndef MLXTERP_CUDA_EMULATE
-  c10::cuda::CUDAGuard guard(g.device());
-#endif
+  MLXTERP_DEVICE_GUARD(g.device());
   at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
-  check(K::silu_mul_bf16(g.data_ptr(), u.data_ptr(), out.data_ptr(), g.numel(), stream_of(g)), "silu_mul_bf16");
+  MLXTERP_CUDA_OK_IN("forward_ops",
+                     K::silu_mul_bf16(g.data_ptr(), u.data_ptr(), out.data_ptr(), g.numel(), current_stream()));
   return out;
 }
 
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   if (!enabled() || !usable(x) || x.dim() != 4 || x.stride(3) != 1) return {};
   for (const at::Tensor* t : {&cos, &sin})
-    if (!MLXTERP_ON_DEVICE(*t) || t->device() != x.device() || t->scalar_type() != at::kFloat || t->dim() != 3 ||
+    if (!MLXTERP_ON_GPU(*t) || t->device() != x.device() || t->scalar_type() != at::kFloat || t->dim() != 3 ||
         t->stride(2) != 1 || t->requires_grad())
       return {};
   const int64_t B = x.size(0), T = x.size(2), d = x.size(3), rot = cos.size(2);
   if (!cos.sizes().equals(sin.sizes()) || cos.stride(0) != sin.stride(0) || cos.stride(1) != sin.stride(1) ||
       (cos.size(0) != B && cos.size(0) != 1) || cos.size(1) != T || rot % 2 != 0 || rot < 2 || rot > d)
     return {};
-#ifndef MLXTERP_CUDA_EMULATE
-  c10::cuda::CUDAGuard guard(x.device());
-#endif
+  MLXTERP_DEVICE_GUARD(x.device());
   at::Tensor out = at::empty_like(x);  // x's layout (a transposed view stays one): SDPA reads either
   if (out.stride(3) != 1) out = at::empty(x.sizes(), x.options());
   K::RopeShape s{};
@@ -127,8 +102,8 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
   }
   s.cs[0] = cos.size(0) == 1 ? 0 : cos.stride(0);
   s.cs[1] = cos.stride(1);
-  check(K::rope_bf16(x.data_ptr(), out.data_ptr(), cos.data_ptr<float>(), sin.data_ptr<float>(), s, stream_of(x)),
-        "rope_bf16");
+  MLXTERP_CUDA_OK_IN("forward_ops", K::rope_bf16(x.data_ptr(), out.data_ptr(), cos.data_ptr<float>(),
+                                                sin.data_ptr<float>(), s, current_stream()));
   return out;
 }
 

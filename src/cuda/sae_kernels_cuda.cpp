@@ -6,19 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 
-#ifdef MLXTERP_CUDA_EMULATE
-// tests/emu: host pointers, kernels on CPU threads.
-#define MLXTERP_DEVICE_GUARD(device) (void)(device)
-#define MLXTERP_ON_GPU(t) ((t).defined())
-#else
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAGuard.h>
-#define MLXTERP_DEVICE_GUARD(device) c10::cuda::CUDAGuard device_guard_(device)
-#define MLXTERP_ON_GPU(t) ((t).defined() && (t).is_cuda())
-#endif
-
-#include "cuda/kernels.h"
+#include "cuda/binding.hpp"
 #include "cuda/sae_kernels_internal.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/sae_kernels.hpp"
@@ -29,11 +17,7 @@ namespace mlxterp::sae_kernels {
 
 namespace K = mlxterp::cuda_kernels;
 
-#define MLXTERP_CUDA_OK(expr)                                                                          \
-  do {                                                                                                 \
-    const cudaError_t err_ = (expr);                                                                   \
-    MLXTERP_CHECK(err_ == cudaSuccess, "sae_kernels (CUDA): ", #expr, " failed: ", cudaGetErrorString(err_)); \
-  } while (0)
+#define MLXTERP_CUDA_OK(expr) MLXTERP_CUDA_OK_IN("sae_kernels", expr)
 
 namespace {
 
@@ -54,13 +38,7 @@ int64_t gemm_chunk_bytes() {
   return bytes;
 }
 
-cudaStream_t current_stream() {
-#ifdef MLXTERP_CUDA_EMULATE
-  return nullptr;
-#else
-  return at::cuda::getCurrentCUDAStream().stream();
-#endif
-}
+using cuda_binding::current_stream;
 
 void check_cuda_tensor(const at::Tensor& t, at::ScalarType dtype, const char* name, const char* where) {
   MLXTERP_CHECK(MLXTERP_ON_GPU(t), where, ": ", name, " must be a CUDA tensor");
