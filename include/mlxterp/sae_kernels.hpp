@@ -92,6 +92,10 @@ struct StepConfig {
   int64_t k_aux = 0;            // AuxK latents per token
   int64_t dead_tokens = 0;      // a latent is dead once it has not fired for this many tokens
   at::Tensor allow_update;      // optional [] bool on the device: false = compute everything, change nothing
+  // CUDA step, AuxK: up to this many dead latents get their AuxK terms from dense GEMMs over the dead latents
+  // (the others, per (token, latent) pair). -1: sized from the dead count of an earlier step of the same
+  // Stepper (read without waiting for the device; 0 until one has arrived); 0: per pair only.
+  int64_t aux_dense_cap = -1;
 };
 
 // What a step reports. Every tensor stays on the device of x (reading one synchronises).
@@ -128,6 +132,14 @@ StepStats reference_step(Params& p, AdamState& opt, at::Tensor& since_fired, con
 // Holds what persists between CUDA steps: bf16 copies of W_enc / W_dec, refreshed by the step itself. A
 // change to p made outside `step` through libtorch ops (loading, resampling latents, ...) bumps the tensors'
 // version counters and is noticed; after writing through raw pointers, call invalidate().
+// Carried by a Stepper from step to step: the dead-latent count of an earlier step, copied to pinned host
+// memory without waiting (StepConfig::aux_dense_cap = -1 sizes the dense AuxK buffers from it).
+struct AuxDenseHint {
+  at::Tensor host;    // [1] int64 (pinned on CUDA); -1 while a copy is in flight
+  bool in_flight = false;
+  int64_t dead = -1;  // the last count that arrived (-1: none yet)
+};
+
 class Stepper {
  public:
   explicit Stepper(Backend backend = Backend::Auto) : backend_(backend) {}
@@ -145,6 +157,7 @@ class Stepper {
   bool shadows_valid_ = false;
   const void* seen_ptr_[2] = {nullptr, nullptr};  // W_enc, W_dec the copies were made of
   int64_t seen_version_[2] = {-1, -1};
+  AuxDenseHint aux_hint_;
 };
 
 // ---- the pieces, each with a reference (used by the tests; the CUDA versions need CUDA tensors) -----
@@ -188,7 +201,7 @@ at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& l
 // The whole step on the CUDA kernels; W_enc_bf16 / W_dec_bf16 must equal p's weights rounded to bf16
 // on entry and are kept so.
 StepStats step(Params& p, AdamState& opt, at::Tensor& since_fired, const at::Tensor& x, const StepConfig& cfg,
-               at::Tensor& W_enc_bf16, at::Tensor& W_dec_bf16);
+               at::Tensor& W_enc_bf16, at::Tensor& W_dec_bf16, AuxDenseHint* aux_hint = nullptr);
 }  // namespace cuda
 #endif
 

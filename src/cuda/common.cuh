@@ -79,11 +79,18 @@ __device__ __forceinline__ void store_f8(float* p, const float f[8]) {
 // (loaded and stored with the evict-first .cs hints above) do not push them out of L2.
 #ifdef MLXTERP_CUDA_EMULATE
 __device__ __forceinline__ uint64_t l2_evict_last() { return 0; }
+__device__ __forceinline__ uint64_t l2_evict_first() { return 0; }
 __device__ __forceinline__ uint2 ld_ro_hint8(const void* p, uint64_t) { return __ldg(reinterpret_cast<const uint2*>(p)); }
 #else
 __device__ __forceinline__ uint64_t l2_evict_last() {
   uint64_t p;
   asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
+  return p;
+}
+// evict_first for rows read once (the dense AuxK gradient rows).
+__device__ __forceinline__ uint64_t l2_evict_first() {
+  uint64_t p;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
   return p;
 }
 // 8 read-only bytes with an L2 policy.

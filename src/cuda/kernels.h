@@ -105,9 +105,20 @@ struct LatentPairs {
   int n_main;
 };
 
+// AuxK's dead latents done as dense GEMMs by the caller (null slot = none): latent f with slot[f] = j >= 0 has,
+// besides its pairs, the dense gradient rows dec[j] (sum over tokens of aux activation * G16 aux row; the
+// decoder scales it by coef[1]) and enc[j] (sum over tokens of gpre * xc16 row, scaled), and gb[j] (its
+// b_enc gradient, scaled). dec / enc are bf16 [cap, d] row-major, gb float32 [cap].
+struct DenseRows {
+  const int* slot = nullptr;  // [F]
+  const uint16_t* dec = nullptr;
+  const uint16_t* enc = nullptr;
+  const float* gb = nullptr;
+};
+
 // Decoder side, per latent f (w = W[f] before the step):
 //   gval[p] = coef_src * (G16[tok] . w)           (sorted position p; written in Fused and NormOnly)
-//   g = sum_p coef_src * val * G16[tok]
+//   g = sum_p coef_src * val * G16[tok]  (+ coef[1] * dense.dec[slot[f]])
 //   g -= (g . w) w / max(|w|, 1e-12)^2            (remove_parallel)
 //   norm_partial[block] += |g|^2                    (Fused, NormOnly)
 //   if *gate (null = always) and not NormOnly: g *= *clip (null = 1); AdamW with weight decay;
@@ -115,10 +126,11 @@ struct LatentPairs {
 cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* G16, const float* coef,
                            float* W, void* W16, float* m, float* v, float* gval, AdamArgs adam, const float* clip,
                            const int* gate, bool remove_parallel, bool renorm, float* norm_partial,
-                           cudaStream_t stream);
+                           DenseRows dense, cudaStream_t stream);
 
 // Encoder side, per latent f (w = W[f] before the step):
 //   gpre[p] = val > 0 ? gval[p] : 0;  g = sum_p gpre[p] * xc16[tok mod n_main];  gb = sum_p gpre[p]
+//   (+ dense.enc[slot[f]] and dense.gb[slot[f]])
 //   bdec_partial[block] += gb * w                   (Fused, NormOnly: every block writes its row)
 //   norm_partial[block] += |g|^2 + gb^2             (Fused, NormOnly)
 //   fire_count[f] = #(main pairs with val > fire_threshold)   (not NormOnly)
@@ -126,7 +138,8 @@ cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
 cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* xc16, const float* gval,
                            float* W, void* W16, float* m, float* v, float* b, float* bm, float* bv, AdamArgs adam,
                            AdamArgs bias_adam, const float* clip, const int* gate, float fire_threshold,
-                           int* fire_count, float* bdec_partial, float* norm_partial, cudaStream_t stream);
+                           int* fire_count, float* bdec_partial, float* norm_partial, DenseRows dense,
+                           cudaStream_t stream);
 
 // AdamW on a float32 vector with gradient g (times *clip when clip is not null), if *gate (null = always).
 cudaError_t adam_vector(int n, float* p, float* m, float* v, const float* g, AdamArgs adam, const float* clip,

@@ -74,16 +74,20 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
                    const float* __restrict__ coef_p, float* __restrict__ W, uint16_t* __restrict__ W16,
                    float* __restrict__ M, float* __restrict__ V, float* __restrict__ gval, AdamArgs adam,
                    const float* __restrict__ clip_p, const int* __restrict__ gate, bool remove_parallel,
-                   bool renorm, float* __restrict__ norm_partial) {
+                   bool renorm, float* __restrict__ norm_partial, DenseRows dense) {
   constexpr int NR = kPairBatch + 1;  // the pair batch's dot products + w . w
   __shared__ float s_pairs[33 * NR];
   __shared__ float s_norm[33];
+  __shared__ float s_row[33 * 2];  // the row's g . w and w . w (its own smem: see block_sum_2sync)
   const int t = threadIdx.x;
   const float coef[2] = {coef_p[0], coef_p[1]};
   const float clip = clip_p ? *clip_p : 1.f;
   const bool update = mode != LatentMode::NormOnly && (!gate || *gate != 0);
   const bool want_gval = mode != LatentMode::UpdateOnly;
-  const bool reduce = want_gval || remove_parallel;
+  // Per pair batch, a block reduction gives the pairs' dot products G[n] . w: needed for gval, and then
+  // also giving g . w. Without gval (UpdateOnly), or with a dense row added, g . w and w . w take one
+  // reduction of the finished row instead: an AuxK latent can have hundreds of pairs, dozens of batches.
+  const bool batch_reduce = want_gval;
   const uint64_t keep = l2_evict_last();
   float nacc = 0.f;
 
@@ -123,6 +127,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
           }
         }
       }
+      if (!batch_reduce) continue;
       red[kPairBatch] = 0.f;
       if (p0 == beg && remove_parallel) {
 #pragma unroll
@@ -130,7 +135,6 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
 #pragma unroll
           for (int i = 0; i < 8; ++i) red[kPairBatch] = fmaf(w[c][i], w[c][i], red[kPairBatch]);
       }
-      if (!reduce) continue;
       block_sum_2sync<NR>(red, s_pairs);
       if (p0 == beg) ww = red[kPairBatch];
       float mine = 0.f;
@@ -152,7 +156,33 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
       }
     }
 
-    if (remove_parallel && end > beg) {
+    // Dead latent done densely: its AuxK gradient row (a block-uniform branch).
+    const int slot = dense.slot ? dense.slot[f] : -1;
+    if (slot >= 0) {
+      const uint16_t* dr = dense.dec + int64_t(slot) * d;
+#pragma unroll
+      for (int c = 0; c < CH; ++c) {
+        float gv[8];
+        gather_split_bf16(dr, c, d, l2_evict_first(), gv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) g[c][i] = fmaf(coef[1], gv[i], g[c][i]);
+      }
+    }
+    const bool has_grad = end > beg || slot >= 0;
+    if (remove_parallel && has_grad && (!batch_reduce || slot >= 0)) {
+      float r2[2] = {0.f, 0.f};
+#pragma unroll
+      for (int c = 0; c < CH; ++c)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          r2[0] = fmaf(g[c][i], w[c][i], r2[0]);
+          r2[1] = fmaf(w[c][i], w[c][i], r2[1]);
+        }
+      block_sum_2sync<2>(r2, s_row);
+      gw = r2[0];
+      ww = r2[1];
+    }
+    if (remove_parallel && has_grad) {
       const float pd = gw / fmaxf(ww, 1e-24f);
 #pragma unroll
       for (int c = 0; c < CH; ++c)
@@ -210,7 +240,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
                    float* __restrict__ M, float* __restrict__ V, float* __restrict__ b, float* __restrict__ bm,
                    float* __restrict__ bv, AdamArgs adam, AdamArgs bias_adam, const float* __restrict__ clip_p,
                    const int* __restrict__ gate, float fire_threshold, int* __restrict__ fire_count,
-                   float* __restrict__ bdec_partial, float* __restrict__ norm_partial) {
+                   float* __restrict__ bdec_partial, float* __restrict__ norm_partial, DenseRows dense) {
   __shared__ float s_red[34];
   const int t = threadIdx.x;
   const float clip = clip_p ? *clip_p : 1.f;
@@ -257,6 +287,17 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
           }
         }
       }
+    }
+    if (const int slot = dense.slot ? dense.slot[f] : -1; slot >= 0) {  // dead latent done densely
+      const uint16_t* er = dense.enc + int64_t(slot) * d;
+#pragma unroll
+      for (int c = 0; c < CH; ++c) {
+        float xv[8];
+        gather_split_bf16(er, c, d, l2_evict_first(), xv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) g[c][i] += xv[i];
+      }
+      gb += dense.gb[slot];
     }
     if (first_pass) {
 #pragma unroll
@@ -334,7 +375,7 @@ int latent_grid_size(int d) {
 cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* G16, const float* coef,
                            float* W, void* W16, float* m, float* v, float* gval, AdamArgs adam, const float* clip,
                            const int* gate, bool remove_parallel, bool renorm, float* norm_partial,
-                           cudaStream_t stream) {
+                           DenseRows dense, cudaStream_t stream) {
   if (F <= 0) return cudaSuccess;
   if (d % 8 || d > kMaxDim) return cudaErrorInvalidValue;
   const RowLayout L = row_layout(d);
@@ -345,14 +386,15 @@ cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   auto* w16 = static_cast<uint16_t*>(W16);
   auto kernel = L.ch == 1 ? decoder_kernel<1> : (L.ch == 2 ? decoder_kernel<2> : decoder_kernel<4>);
   MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, g16, coef, W, w16, m, v, gval, adam, clip, gate,
-                 remove_parallel, renorm, norm_partial);
+                 remove_parallel, renorm, norm_partial, dense);
   return cudaGetLastError();
 }
 
 cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* xc16, const float* gval,
                            float* W, void* W16, float* m, float* v, float* b, float* bm, float* bv, AdamArgs adam,
                            AdamArgs bias_adam, const float* clip, const int* gate, float fire_threshold,
-                           int* fire_count, float* bdec_partial, float* norm_partial, cudaStream_t stream) {
+                           int* fire_count, float* bdec_partial, float* norm_partial, DenseRows dense,
+                           cudaStream_t stream) {
   if (F <= 0) return cudaSuccess;
   if (d % 8 || d > kMaxDim) return cudaErrorInvalidValue;
   const RowLayout L = row_layout(d);
@@ -363,7 +405,7 @@ cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   auto* w16 = static_cast<uint16_t*>(W16);
   auto kernel = L.ch == 1 ? encoder_kernel<1> : (L.ch == 2 ? encoder_kernel<2> : encoder_kernel<4>);
   MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, m, v, b, bm, bv, adam,
-                 bias_adam, clip, gate, fire_threshold, fire_count, bdec_partial, norm_partial);
+                 bias_adam, clip, gate, fire_threshold, fire_count, bdec_partial, norm_partial, dense);
   return cudaGetLastError();
 }
 

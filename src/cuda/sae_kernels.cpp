@@ -82,6 +82,8 @@ void check_step_inputs(const Params& p, const AdamState& s, const at::Tensor& si
   MLXTERP_CHECK(c.step >= 1, where, ": step (Adam's t) must be >= 1; got ", c.step);
   MLXTERP_CHECK(c.lr >= 0 && c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1 && c.eps > 0, where,
                 ": Adam settings out of range (lr ", c.lr, ", betas ", c.beta1, ", ", c.beta2, ", eps ", c.eps, ")");
+  MLXTERP_CHECK(c.aux_dense_cap >= -1, where,
+                ": aux_dense_cap must be -1 (sized from the dead count), 0 (off) or a count; got ", c.aux_dense_cap);
   MLXTERP_CHECK(c.auxk_coef >= 0 && (c.auxk_coef == 0 || c.k_aux >= 1), where,
                 ": AuxK needs auxk_coef >= 0 and k_aux >= 1; got auxk_coef ", c.auxk_coef, ", k_aux ", c.k_aux);
   MLXTERP_CHECK(!c.allow_update.defined() || c.allow_update.numel() == 1, where,
@@ -363,7 +365,7 @@ StepStats Stepper::step(Params& p, AdamState& opt, at::Tensor& since_fired, cons
       W_enc_bf16_ = p.W_enc.to(at::kBFloat16).contiguous();
       W_dec_bf16_ = p.W_dec.to(at::kBFloat16).contiguous();
     }
-    StepStats st = cuda::step(p, opt, since_fired, x, cfg, W_enc_bf16_, W_dec_bf16_);
+    StepStats st = cuda::step(p, opt, since_fired, x, cfg, W_enc_bf16_, W_dec_bf16_, &aux_hint_);
     shadows_valid_ = true;
     seen_ptr_[0] = p.W_enc.data_ptr();
     seen_ptr_[1] = p.W_dec.data_ptr();

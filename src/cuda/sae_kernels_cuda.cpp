@@ -40,6 +40,39 @@ int64_t gemm_chunk_bytes() {
 
 using cuda_binding::current_stream;
 
+// How many dead latents the step does densely (see StepConfig::aux_dense_cap). The dense form costs 4 GEMMs
+// of 2 * N * cap * d flops each and ~(4N + 6d) * cap bytes; the per-pair form ~5 gathers of a d-row per
+// (token, dead latent) pair. Dense pays once a dead latent averages >= 32 pairs (N * ka / dead); it is
+// capped at F / 4 latents (the rest stay per pair).
+int64_t aux_dense_cap(const StepConfig& c, int64_t N, int64_t F, int64_t ka, const AuxDenseHint* hint) {
+  if (c.aux_dense_cap >= 0) return std::min(c.aux_dense_cap, F);
+  if (!hint || hint->dead <= 0 || N * ka < 32 * hint->dead) return 0;
+  const int64_t want = (hint->dead + hint->dead / 8 + 64 + 63) / 64 * 64;  // room for latents dying meanwhile
+  return std::min({want, F, std::max<int64_t>(64, F / 4)});
+}
+
+// The hint's side of the dead count: take a count that has arrived, then send this step's (unless one is
+// still in flight). The host never waits for the device here.
+void exchange_dead_count(AuxDenseHint* hint, const at::Tensor& dead) {
+  if (!hint) return;
+  if (!hint->host.defined()) {
+    auto o = at::TensorOptions().dtype(at::kLong);
+#ifndef MLXTERP_CUDA_EMULATE
+    o = o.pinned_memory(true);
+#endif
+    hint->host = at::full({1}, -1, o);
+  }
+  volatile int64_t* slot = hint->host.data_ptr<int64_t>();
+  if (hint->in_flight && *slot >= 0) {
+    hint->dead = *slot;
+    hint->in_flight = false;
+  }
+  if (hint->in_flight) return;
+  *slot = -1;
+  hint->host.copy_(dead.sum().reshape({1}), /*non_blocking=*/true);
+  hint->in_flight = true;
+}
+
 void check_cuda_tensor(const at::Tensor& t, at::ScalarType dtype, const char* name, const char* where) {
   MLXTERP_CHECK(MLXTERP_ON_GPU(t), where, ": ", name, " must be a CUDA tensor");
   MLXTERP_CHECK(t.scalar_type() == dtype, where, ": ", name, " must be ", dtype_str(dtype), "; got ",
@@ -171,7 +204,7 @@ at::Tensor sparse_decode_residual(const at::Tensor& row_ptr, const at::Tensor& l
 // ---- the fused step ----------------------------------------------------------------------------------------
 
 StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tensor& x_in, const StepConfig& c,
-               at::Tensor& W_enc16, at::Tensor& W_dec16) {
+               at::Tensor& W_enc16, at::Tensor& W_dec16, AuxDenseHint* hint) {
   const char* where = "sae_kernels::cuda::step";
   detail::check_step_inputs(p, s, since_fired, x_in, c, where);
   const std::string why = cuda_unsupported_reason(p, x_in, c);
@@ -215,11 +248,14 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
                      : c.loss_norm == LossNorm::MeanSquare ? at::scalar_tensor(double(N * d), f32)
                                                            : at::scalar_tensor(double(N), f32);
   // AuxK's dead latents, from the counters before this step.
-  at::Tensor dead8, any_dead;
+  at::Tensor dead, dead8, any_dead;
+  int64_t cap = 0;  // dead latents done densely
   if (aux_on) {
-    at::Tensor dead = since_fired >= c.dead_tokens;
+    dead = since_fired >= c.dead_tokens;
     dead8 = dead.to(at::kByte).contiguous();
     any_dead = dead.any().to(at::kInt).reshape({1}).contiguous();
+    cap = aux_dense_cap(c, N, F, ka, hint);
+    exchange_dead_count(hint, dead);
   }
 
   // 1. Encoder GEMM (cuBLAS, bf16 in/out, fp32 accumulation) and selection.
@@ -285,11 +321,31 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
   at::Tensor coef = at::zeros({2}, f32);
   coef.narrow(0, 0, 1).copy_((2.0 / denom).reshape({1}));
   st.aux = at::zeros({}, f32);
+  // Dense AuxK: the first `cap` dead latents (slot j = rank among the dead) as GEMMs over A [N, cap], their
+  // aux activations; their pairs leave the per-pair lists (value 0 there).
+  at::Tensor slot, A, Wd;  // slot [F] int32 (-1: per pair); A [N, cap] bf16 (row stride cap + 64); Wd [cap, d]
+  if (aux_on && cap > 0) {
+    at::Tensor pos = dead.to(at::kInt).cumsum(0, at::kInt) - 1;
+    slot = at::where(dead.logical_and(pos < cap), pos, at::full_like(pos, -1)).contiguous();
+    at::Tensor idx = at::zeros({cap + 1}, i64);  // idx[j] = slot j's latent (0 when unused: A's column is 0)
+    idx.scatter_(0, at::where(slot >= 0, slot, at::full_like(slot, int(cap))).to(at::kLong), at::arange(F, i64));
+    Wd = W_dec16.index_select(0, idx.narrow(0, 0, cap));
+    at::Tensor aslot = slot.index_select(0, alat.to(at::kLong));  // [N * ka]
+    at::Tensor dense_pair = (aslot >= 0).logical_and(aval > 0);
+    at::Tensor col = at::where(dense_pair, aslot, at::full_like(aslot, int(cap))).to(at::kLong).view({N, ka});
+    at::Tensor Apad = at::zeros({N, cap + 64}, bf16);  // column cap collects the pairs that are not dense
+    Apad.view({-1}).scatter_(0, (at::arange(N, i64).unsqueeze(1) * (cap + 64) + col).view({-1}),
+                             aval.to(at::kBFloat16));
+    A = Apad.narrow(1, 0, cap);
+    aval.masked_fill_(dense_pair, 0.f);  // per pair: only the rest
+  }
   if (aux_on) {
-    // e_hat - r (r = x - x_hat = -e) into rows N.. of G16: decode with no bias against r.
+    // e_hat - r (r = x - x_hat = -e) into rows N.. of G16: decode with no bias against r (less the dense
+    // latents' part of e_hat).
     at::Tensor r = (-e32).contiguous(), q32 = at::empty({N, d}, f32), qerr2 = at::empty({N}, f32);
+    at::Tensor target = A.defined() ? (r - at::mm(A, Wd).to(at::kFloat)).contiguous() : r;
     MLXTERP_CUDA_OK(K::sparse_decode(int(N), int(d), int(ka), nullptr, alat.data_ptr<int>(), aval.data_ptr<float>(),
-                                     W_dec16.data_ptr(), nullptr, r.data_ptr(), false, q32.data_ptr<float>(),
+                                     W_dec16.data_ptr(), nullptr, target.data_ptr(), false, q32.data_ptr<float>(),
                                      G16.narrow(0, N, N).data_ptr(), qerr2.data_ptr<float>(), stream));
     at::Tensor num = qerr2.sum() / double(N);
     at::Tensor den = (r - r.mean(0, true)).pow(2).sum() / double(N);
@@ -298,6 +354,20 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
     st.aux = at::where(valid, ratio, at::zeros_like(ratio));
     st.loss = st.loss + c.auxk_coef * st.aux;
     coef.narrow(0, 1, 1).copy_(at::where(valid, c.auxk_coef * 2.0 / (double(N) * den), at::zeros_like(den)).reshape({1}));
+  }
+  // The dense latents' gradient rows, Q = the AuxK rows of G16: Gd = A^T Q (decoder; the kernel scales it by
+  // coef[1]); gpre = coef[1] * Q Wd^T where A > 0 (relu'); Ge = gpre^T xc16 (encoder); gb = gpre's column sums.
+  at::Tensor Gd, Ge, gb_dense;
+  K::DenseRows dense_rows;
+  if (A.defined()) {
+    at::Tensor Q = G16.narrow(0, N, N);
+    Gd = at::mm(A.t(), Q).contiguous();                       // [cap, d] bf16
+    at::Tensor gpre = at::mm(Q, Wd.t()) * coef.select(0, 1);  // [N, cap] bf16
+    gpre.masked_fill_(A <= 0, 0);
+    Ge = at::mm(gpre.t(), xc16).contiguous();  // [cap, d] bf16
+    gb_dense = gpre.sum(0, false, at::kFloat).contiguous();
+    dense_rows = {slot.data_ptr<int>(), reinterpret_cast<const uint16_t*>(Gd.data_ptr()),
+                  reinterpret_cast<const uint16_t*>(Ge.data_ptr()), gb_dense.data_ptr<float>()};
   }
   // Updates happen only if the loss is finite (and allow_update; with clipping or finite_grad_gate, also
   // only if the gradient norm is finite).
@@ -335,7 +405,7 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
                                       p.W_dec.data_ptr<float>(), W_dec16.data_ptr(), s.W_dec_m.data_ptr<float>(),
                                       s.W_dec_v.data_ptr<float>(), gval.data_ptr<float>(), adam, clip,
                                       gate.data_ptr<int>(), c.remove_parallel_grad, c.normalize_decoder,
-                                      norm_dec.data_ptr<float>(), stream));
+                                      norm_dec.data_ptr<float>(), dense_rows, stream));
   };
   auto enc = [&](K::LatentMode mode, const float* clip) {
     MLXTERP_CUDA_OK(K::encoder_update(mode, int(F), int(d), pairs, xc16.data_ptr(), gval.data_ptr<float>(),
@@ -343,7 +413,7 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
                                       s.W_enc_v.data_ptr<float>(), p.b_enc.data_ptr<float>(),
                                       s.b_enc_m.data_ptr<float>(), s.b_enc_v.data_ptr<float>(), adam, bias_adam,
                                       clip, gate.data_ptr<int>(), float(c.fire_threshold), fire_count.data_ptr<int>(),
-                                      bdec_part.data_ptr<float>(), norm_enc.data_ptr<float>(), stream));
+                                      bdec_part.data_ptr<float>(), norm_enc.data_ptr<float>(), dense_rows, stream));
   };
   at::Tensor g_bdec, clip_t;
   st.clipped = at::zeros({}, f32);

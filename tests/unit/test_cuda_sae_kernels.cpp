@@ -381,85 +381,112 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
   const char* only = std::getenv("MLXTERP_STEP_CASE");  // debugging: run one case
   for (const StepCase& c : kStepCases) {
     if (only && std::string(only) != c.name) continue;
-    SCOPED_TRACE(c.name);
-    Params p = Params::init(c.d, c.f, kGpu, 21);
-    p.b_enc = at::randn({c.f}, o) * 0.05;
-    p.b_dec = at::randn({c.d}, o) * 0.1;
-    // A run in progress: Adam moments populated, so the update is linear in the gradient (a first Adam
-    // step is ~lr * sign(g) and would hide gradient errors).
-    AdamState s = AdamState::zeros_like(p);
-    for (at::Tensor* m : {&s.W_enc_m, &s.b_enc_m, &s.W_dec_m, &s.b_dec_m}) *m = at::randn_like(*m) * 1e-3;
-    for (at::Tensor* v : {&s.W_enc_v, &s.b_enc_v, &s.W_dec_v, &s.b_dec_v}) *v = at::rand_like(*v) * 1e-5 + 1e-7;
-    at::Tensor since = at::randint(0, 1000, {c.f}, o.dtype(at::kLong));
-    since.narrow(0, 0, int64_t(c.dead_frac * c.f)).fill_(kDeadTokens);
-    Params pc = p.clone();
-    AdamState sc = s.clone();
-    at::Tensor since_c = since.clone();
-    StepConfig cfg;
-    cfg.k = c.k;
-    cfg.selection = c.selection;
-    cfg.loss_norm = c.loss_norm;
-    cfg.lr = 1e-3;
-    cfg.weight_decay = 0.01;
-    cfg.max_grad_norm = c.max_grad_norm;
-    cfg.finite_grad_gate = c.finite_grad_gate;
-    cfg.remove_parallel_grad = c.remove_parallel;
-    cfg.normalize_decoder = c.normalize;
-    cfg.auxk_coef = c.auxk_coef;
-    cfg.k_aux = c.k_aux;
-    cfg.dead_tokens = kDeadTokens;
-    cfg.fire_threshold = c.fire_threshold;
-    Stepper stepper(Backend::Cuda);
-    for (int t = 0; t < 3; ++t) {
-      SCOPED_TRACE("step " + std::to_string(t + 1));
-      cfg.step = 10 + t;
-      at::Tensor x = at::randn({c.n, c.d}, o) * 1.5 + 0.2;
-      if (c.x_bf16) x = x.to(at::kBFloat16);
-      // Every step starts the reference from the CUDA path's state (the trajectories would otherwise drift
-      // apart by bf16 rounding, and near-ties at the k-th value would flip): identical inputs each step.
-      Params pr = pc.clone(), before = pc.clone();
-      AdamState sr = sc.clone(), sbefore = sc.clone();
-      at::Tensor since_r = since_c.clone();
-      StepStats a = stepper.step(pc, sc, since_c, x, cfg);
-      StepStats r = reference_step(pr, sr, since_r, x, cfg);
-      ASSERT_EQ(stepper.last_backend(), Backend::Cuda);
-      // Same GEMM inputs (the step keeps its bf16 copies equal to the rounded weights), same selection rule:
-      // identical selections, values and dead-latent counters.
-      EXPECT_TRUE(at::equal(a.row_ptr.cpu(), r.row_ptr.cpu()));
-      EXPECT_EQ(a.latents.eq(r.latents).to(at::kDouble).mean().item<double>(), 1.0);
-      EXPECT_TRUE(at::equal(a.values.cpu(), r.values.cpu()));
-      EXPECT_TRUE(at::equal(a.fire_count.cpu(), r.fire_count.cpu()));
-      EXPECT_TRUE(at::equal(since_c.cpu(), since_r.cpu()));
-      EXPECT_EQ(a.kept_min.item<float>(), r.kept_min.item<float>());
-      EXPECT_EQ(a.clipped.item<float>(), r.clipped.item<float>());
-      if (c.max_grad_norm > 0 && t == 0) EXPECT_EQ(a.clipped.item<float>(), 1.f) << "the case should clip";
-      if (c.auxk_coef > 0) {
-        EXPECT_LT(std::abs(a.aux.item<double>() - r.aux.item<double>()), 1e-3 * std::abs(r.aux.item<double>()) + 1e-9);
-        EXPECT_EQ(a.aux.item<double>() > 0, c.dead_frac > 0) << "AuxK active exactly when latents are dead";
-      }
-      EXPECT_LT(std::abs(a.loss.item<double>() / r.loss.item<double>() - 1), 1e-3);
-      EXPECT_LT(std::abs(a.l0.item<double>() - r.l0.item<double>()), 0.05 * c.k);
-      EXPECT_LT(std::abs(a.grad_norm.item<double>() / r.grad_norm.item<double>() - 1), 1e-2);
-      EXPECT_TRUE(a.ok.item<bool>());
-      EXPECT_LT(rel_err(a.residual, r.residual), 1e-2);
-      // The update of every tensor (after - before) agrees to bf16-gradient accuracy.
-      struct Pair {
-        const char* name;
-        at::Tensor got, want, prev;
-      };
-      for (const Pair& q : {Pair{"W_enc", pc.W_enc, pr.W_enc, before.W_enc}, Pair{"b_enc", pc.b_enc, pr.b_enc, before.b_enc},
-                            Pair{"W_dec", pc.W_dec, pr.W_dec, before.W_dec}, Pair{"b_dec", pc.b_dec, pr.b_dec, before.b_dec},
-                            Pair{"W_enc_m", sc.W_enc_m, sr.W_enc_m, sbefore.W_enc_m},
-                            Pair{"W_dec_v", sc.W_dec_v, sr.W_dec_v, sbefore.W_dec_v},
-                            Pair{"b_dec_m", sc.b_dec_m, sr.b_dec_m, sbefore.b_dec_m}}) {
-        EXPECT_FALSE(q.got.isnan().any().item<bool>()) << q.name;
-        EXPECT_LT(rel_err(q.got - q.prev, q.want - q.prev), 3e-2) << q.name;
-      }
-      // The bf16 copies the next step's GEMM and decoder read are the updated weights, rounded.
-      EXPECT_TRUE(at::equal(stepper.W_enc_bf16(), pc.W_enc.to(at::kBFloat16)));
-      EXPECT_TRUE(at::equal(stepper.W_dec_bf16(), pc.W_dec.to(at::kBFloat16)));
-      if (c.normalize) {
-        EXPECT_LT(max_abs_diff(pc.W_dec.norm(2, {1}), at::ones({c.f})), 1e-5);
+    // AuxK three ways: dense GEMMs sized from the previous step's dead count (the default; step 1 is per pair),
+    // per (token, latent) pair only, and 50 dense latents with the rest per pair.
+    std::vector<int64_t> dense_caps{-1};
+    if (c.auxk_coef > 0) dense_caps = {-1, 0, 50};
+    for (const int64_t dense_cap : dense_caps) {
+      SCOPED_TRACE(std::string(c.name) + ", aux_dense_cap " + std::to_string(dense_cap));
+      Params p = Params::init(c.d, c.f, kGpu, 21);
+      p.b_enc = at::randn({c.f}, o) * 0.05;
+      p.b_dec = at::randn({c.d}, o) * 0.1;
+      // A run in progress: Adam moments populated, so the update is linear in the gradient (a first Adam
+      // step is ~lr * sign(g) and would hide gradient errors).
+      AdamState s = AdamState::zeros_like(p);
+      for (at::Tensor* m : {&s.W_enc_m, &s.b_enc_m, &s.W_dec_m, &s.b_dec_m}) *m = at::randn_like(*m) * 1e-3;
+      for (at::Tensor* v : {&s.W_enc_v, &s.b_enc_v, &s.W_dec_v, &s.b_dec_v}) *v = at::rand_like(*v) * 1e-5 + 1e-7;
+      at::Tensor since = at::randint(0, 1000, {c.f}, o.dtype(at::kLong));
+      const int64_t n_dead = c.auxk_coef > 0 ? int64_t(c.dead_frac * c.f) : 0;
+      since.narrow(0, 0, int64_t(c.dead_frac * c.f)).fill_(kDeadTokens);
+      // The dead latents' first moments start at 0: their AuxK gradients can be read back from m (below).
+      for (at::Tensor* m : {&s.W_enc_m, &s.W_dec_m, &s.b_enc_m}) m->narrow(0, 0, n_dead).zero_();
+      Params pc = p.clone();
+      AdamState sc = s.clone();
+      at::Tensor since_c = since.clone();
+      StepConfig cfg;
+      cfg.k = c.k;
+      cfg.selection = c.selection;
+      cfg.loss_norm = c.loss_norm;
+      cfg.lr = 1e-3;
+      cfg.weight_decay = 0.01;
+      cfg.max_grad_norm = c.max_grad_norm;
+      cfg.finite_grad_gate = c.finite_grad_gate;
+      cfg.remove_parallel_grad = c.remove_parallel;
+      cfg.normalize_decoder = c.normalize;
+      cfg.auxk_coef = c.auxk_coef;
+      cfg.k_aux = c.k_aux;
+      cfg.dead_tokens = kDeadTokens;
+      cfg.fire_threshold = c.fire_threshold;
+      cfg.aux_dense_cap = dense_cap;
+      Stepper stepper(Backend::Cuda);
+      for (int t = 0; t < 3; ++t) {
+        SCOPED_TRACE("step " + std::to_string(t + 1));
+        cfg.step = 10 + t;
+        at::Tensor x = at::randn({c.n, c.d}, o) * 1.5 + 0.2;
+        if (c.x_bf16) x = x.to(at::kBFloat16);
+        // Every step starts the reference from the CUDA path's state (the trajectories would otherwise drift
+        // apart by bf16 rounding, and near-ties at the k-th value would flip): identical inputs each step.
+        Params pr = pc.clone(), before = pc.clone();
+        AdamState sr = sc.clone(), sbefore = sc.clone();
+        at::Tensor since_r = since_c.clone();
+        StepStats a = stepper.step(pc, sc, since_c, x, cfg);
+        StepStats r = reference_step(pr, sr, since_r, x, cfg);
+        ASSERT_EQ(stepper.last_backend(), Backend::Cuda);
+        // Same GEMM inputs (the step keeps its bf16 copies equal to the rounded weights), same selection rule:
+        // identical selections, values and dead-latent counters.
+        EXPECT_TRUE(at::equal(a.row_ptr.cpu(), r.row_ptr.cpu()));
+        EXPECT_EQ(a.latents.eq(r.latents).to(at::kDouble).mean().item<double>(), 1.0);
+        EXPECT_TRUE(at::equal(a.values.cpu(), r.values.cpu()));
+        EXPECT_TRUE(at::equal(a.fire_count.cpu(), r.fire_count.cpu()));
+        EXPECT_TRUE(at::equal(since_c.cpu(), since_r.cpu()));
+        EXPECT_EQ(a.kept_min.item<float>(), r.kept_min.item<float>());
+        EXPECT_EQ(a.clipped.item<float>(), r.clipped.item<float>());
+        if (c.max_grad_norm > 0 && t == 0) EXPECT_EQ(a.clipped.item<float>(), 1.f) << "the case should clip";
+        if (c.auxk_coef > 0) {
+          EXPECT_LT(std::abs(a.aux.item<double>() - r.aux.item<double>()), 1e-3 * std::abs(r.aux.item<double>()) + 1e-9);
+          EXPECT_EQ(a.aux.item<double>() > 0, c.dead_frac > 0) << "AuxK active exactly when latents are dead";
+        }
+        EXPECT_LT(std::abs(a.loss.item<double>() / r.loss.item<double>() - 1), 1e-3);
+        EXPECT_LT(std::abs(a.l0.item<double>() - r.l0.item<double>()), 0.05 * c.k);
+        EXPECT_LT(std::abs(a.grad_norm.item<double>() / r.grad_norm.item<double>() - 1), 1e-2);
+        EXPECT_TRUE(a.ok.item<bool>());
+        EXPECT_LT(rel_err(a.residual, r.residual), 1e-2);
+        // The update of every tensor (after - before) agrees to bf16-gradient accuracy.
+        struct Pair {
+          const char* name;
+          at::Tensor got, want, prev;
+        };
+        for (const Pair& q : {Pair{"W_enc", pc.W_enc, pr.W_enc, before.W_enc}, Pair{"b_enc", pc.b_enc, pr.b_enc, before.b_enc},
+                              Pair{"W_dec", pc.W_dec, pr.W_dec, before.W_dec}, Pair{"b_dec", pc.b_dec, pr.b_dec, before.b_dec},
+                              Pair{"W_enc_m", sc.W_enc_m, sr.W_enc_m, sbefore.W_enc_m},
+                              Pair{"W_dec_v", sc.W_dec_v, sr.W_dec_v, sbefore.W_dec_v},
+                              Pair{"b_dec_m", sc.b_dec_m, sr.b_dec_m, sbefore.b_dec_m}}) {
+          EXPECT_FALSE(q.got.isnan().any().item<bool>()) << q.name;
+          EXPECT_LT(rel_err(q.got - q.prev, q.want - q.prev), 3e-2) << q.name;
+        }
+        // Dead latents no token selected this step: AuxK is their whole gradient (dense or per pair; next to
+        // a main gradient it is ~1e-4 of it and would be invisible). Their first moments started at 0, so
+        // m - beta1 * m_before = (1 - beta1) * clip * g is read without cancellation.
+        if (n_dead > 0) {
+          at::Tensor pure = at::zeros({c.f}, at::TensorOptions().dtype(at::kBool).device(kGpu));
+          pure.narrow(0, 0, n_dead).fill_(true);
+          pure.index_fill_(0, a.latents, false);
+          at::Tensor rows = pure.nonzero().squeeze(1);
+          EXPECT_GT(rows.numel(), 0) << "no dead latent without a main selection: the check below is empty";
+          for (const Pair& q : {Pair{"W_enc_m", sc.W_enc_m, sr.W_enc_m, sbefore.W_enc_m},
+                                Pair{"b_enc_m", sc.b_enc_m, sr.b_enc_m, sbefore.b_enc_m},
+                                Pair{"W_dec_m", sc.W_dec_m, sr.W_dec_m, sbefore.W_dec_m}}) {
+            auto grad = [&](const at::Tensor& m) { return (m - cfg.beta1 * q.prev).index_select(0, rows); };
+            EXPECT_GT(grad(q.want).abs().max().item<double>(), 0) << q.name;
+            EXPECT_LT(rel_err(grad(q.got), grad(q.want)), 3e-2) << q.name << ", AuxK-only rows";
+          }
+        }
+        // The bf16 copies the next step's GEMM and decoder read are the updated weights, rounded.
+        EXPECT_TRUE(at::equal(stepper.W_enc_bf16(), pc.W_enc.to(at::kBFloat16)));
+        EXPECT_TRUE(at::equal(stepper.W_dec_bf16(), pc.W_dec.to(at::kBFloat16)));
+        if (c.normalize) {
+          EXPECT_LT(max_abs_diff(pc.W_dec.norm(2, {1}), at::ones({c.f})), 1e-5);
+        }
       }
     }
   }
