@@ -4,7 +4,9 @@
 One step = encode (Linear on x - b_dec), relu, top-k, decode, FVU loss, backward, remove the gradient
 parallel to the decoder rows, Adam step, unit-norm decoder rows, dead-latent bookkeeping (on the device).
 Variants: bf16 autocast with a dense decoder (scatter the k activations into [N, F], matmul), plain fp32
-(dense decoder), and bf16 autocast with an embedding_bag (sparse) decoder. fp32 master weights and Adam
+(dense decoder), and bf16 autocast with an embedding_bag (sparse) decoder. dense_bf16_trainer adds what
+bench_sae's trainer case adds: AuxK (k_aux = d / 2, coefficient 1/32, 10% of the latents dead for good) and
+gradient-norm clipping at 1 (no finite-gradient gate: it would cost the step a host sync here). fp32 master weights and Adam
 (fused on CUDA) in all of them. Also times the encoder GEMM alone ([N, d] x [d, F] in bf16).
 
     python3 bench/reference/sae_peer.py --device cuda --d 4096 --f 131072 --k 128 --n 4096
@@ -42,7 +44,7 @@ class TopKSae(torch.nn.Module):
         parallel = torch.einsum("fd,fd->f", self.W_dec.grad, self.W_dec.data)
         self.W_dec.grad -= torch.einsum("f,fd->fd", parallel, self.W_dec.data)
 
-    def forward(self, x, decoder):
+    def forward(self, x, decoder, dead=None, k_aux=0, auxk_coef=0.0):
         pre = self.encoder(x - self.b_dec)
         acts, idx = torch.relu(pre).topk(self.k, sorted=False)
         if decoder == "dense":
@@ -53,7 +55,18 @@ class TopKSae(torch.nn.Module):
             x_hat = F.embedding_bag(idx, w, per_sample_weights=acts, mode="sum") + self.b_dec
         e = x_hat.float() - x.float()
         total_variance = (x.float() - x.float().mean(0)).pow(2).sum()
-        return e.pow(2).sum() / total_variance, idx, acts
+        loss = e.pow(2).sum() / total_variance
+        if dead is not None:
+            # AuxK (the trainer's form): the top k_aux dead latents per token, decoded without the bias,
+            # fit the detached residual r = x - x_hat; normalised by r's variance; zero when none is dead.
+            aux_pre = torch.where(dead[None], pre, torch.full_like(pre, -torch.inf))
+            aux_acts, aux_idx = aux_pre.topk(k_aux, sorted=False)
+            aux_acts = torch.relu(aux_acts)
+            e_hat = torch.zeros_like(pre).scatter(1, aux_idx, aux_acts) @ self.W_dec
+            r = -e.detach()
+            ratio = (e_hat.float() - r).pow(2).sum(1).mean() / ((r - r.mean(0)).pow(2).sum() / x.shape[0])
+            loss = loss + auxk_coef * torch.where(dead.any() & ratio.isfinite(), ratio, torch.zeros_like(ratio))
+        return loss, idx, acts
 
 
 def sync(device):
@@ -87,15 +100,21 @@ def run_variant(name, args, device, xs):
     since_fired = torch.zeros(args.f, dtype=torch.long, device=device)
     autocast = name != "fp32"
     decoder = "embedding_bag" if name == "embedding_bag_bf16" else "dense"
+    trainer = name == "dense_bf16_trainer"
+    if trainer:  # as bench_sae's trainer case: 10% of the latents dead for good
+        since_fired[: args.f // 10] = args.dead_tokens
     state = {"i": 0}
 
     def step():
         x = xs[state["i"] % len(xs)]
         state["i"] += 1
+        dead = since_fired >= args.dead_tokens if trainer else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, idx, acts = sae(x if autocast else x.float(), decoder)
+            loss, idx, acts = sae(x if autocast else x.float(), decoder, dead, args.d // 2, 1.0 / 32)
         loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
+        if trainer:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=False)
         sae.set_decoder_norm_to_unit_norm()
@@ -103,6 +122,8 @@ def run_variant(name, args, device, xs):
             fired = torch.zeros(args.f, dtype=torch.bool, device=device)
             fired[idx.flatten()[acts.flatten() > 0]] = True
             since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+            if trainer:
+                since_fired[: args.f // 10] = args.dead_tokens
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -125,6 +146,7 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default="dense_bf16,fp32,embedding_bag_bf16")
+    ap.add_argument("--dead-tokens", type=int, default=10_000_000, help="dense_bf16_trainer: AuxK's dead window")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU (0: leave)")
     args = ap.parse_args()
     device = torch.device(args.device)
