@@ -31,6 +31,18 @@ constexpr int min_blocks() {
   return CH == 1 ? 2 : 1;
 }
 
+// g += scale * row (a bf16 row read once, e.g. a dense AuxK gradient row), in this thread's split layout.
+template <int CH>
+__device__ __forceinline__ void add_row_bf16(const uint16_t* row, int d, float scale, float (&g)[CH][8]) {
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    float v[8];
+    gather_split_bf16(row, c, d, l2_evict_first(), v);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) g[c][i] = fmaf(scale, v[i], g[c][i]);
+  }
+}
+
 // The pair's gradient-row source: main (token < n_main) or AuxK.
 __device__ __forceinline__ int source_of(int tok, int n_main) { return tok < n_main ? 0 : 1; }
 
@@ -158,16 +170,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
 
     // Dead latent done densely: its AuxK gradient row (a block-uniform branch).
     const int slot = dense.slot ? dense.slot[f] : -1;
-    if (slot >= 0) {
-      const uint16_t* dr = dense.dec + int64_t(slot) * d;
-#pragma unroll
-      for (int c = 0; c < CH; ++c) {
-        float gv[8];
-        gather_split_bf16(dr, c, d, l2_evict_first(), gv);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) g[c][i] = fmaf(coef[1], gv[i], g[c][i]);
-      }
-    }
+    if (slot >= 0) add_row_bf16<CH>(dense.dec + int64_t(slot) * d, d, coef[1], g);
     const bool has_grad = end > beg || slot >= 0;
     if (remove_parallel && has_grad && (!batch_reduce || slot >= 0)) {
       float r2[2] = {0.f, 0.f};
@@ -289,14 +292,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
       }
     }
     if (const int slot = dense.slot ? dense.slot[f] : -1; slot >= 0) {  // dead latent done densely
-      const uint16_t* er = dense.enc + int64_t(slot) * d;
-#pragma unroll
-      for (int c = 0; c < CH; ++c) {
-        float xv[8];
-        gather_split_bf16(er, c, d, l2_evict_first(), xv);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) g[c][i] += xv[i];
-      }
+      add_row_bf16<CH>(dense.enc + int64_t(slot) * d, d, 1.f, g);
       gb += dense.gb[slot];
     }
     if (first_pass) {
