@@ -96,10 +96,6 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
   const float clip = clip_p ? *clip_p : 1.f;
   const bool update = mode != LatentMode::NormOnly && (!gate || *gate != 0);
   const bool want_gval = mode != LatentMode::UpdateOnly;
-  // Per pair batch, a block reduction gives the pairs' dot products G[n] . w: needed for gval, and then
-  // also giving g . w. Without gval (UpdateOnly), or with a dense row added, g . w and w . w take one
-  // reduction of the finished row instead: an AuxK latent can have hundreds of pairs, dozens of batches.
-  const bool batch_reduce = want_gval;
   const uint64_t keep = l2_evict_last();
   float nacc = 0.f;
 
@@ -139,7 +135,10 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
           }
         }
       }
-      if (!batch_reduce) continue;
+      // Per pair batch, a block reduction gives the pairs' dot products G[n] . w: needed for gval, and then
+      // also giving g . w. Without gval (UpdateOnly), or with a dense row added, g . w and w . w come from
+      // one reduction of the finished row (below): an AuxK latent can have hundreds of pairs.
+      if (!want_gval) continue;
       red[kPairBatch] = 0.f;
       if (p0 == beg && remove_parallel) {
 #pragma unroll
@@ -172,7 +171,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     const int slot = dense.slot ? dense.slot[f] : -1;
     if (slot >= 0) add_row_bf16<CH>(dense.dec + int64_t(slot) * d, d, coef[1], g);
     const bool has_grad = end > beg || slot >= 0;
-    if (remove_parallel && has_grad && (!batch_reduce || slot >= 0)) {
+    if (remove_parallel && has_grad && (!want_gval || slot >= 0)) {
       float r2[2] = {0.f, 0.f};
 #pragma unroll
       for (int c = 0; c < CH; ++c)

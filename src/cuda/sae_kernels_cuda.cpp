@@ -51,9 +51,9 @@ int64_t aux_dense_cap(const StepConfig& c, int64_t N, int64_t F, int64_t ka, con
   return std::min({want, F, std::max<int64_t>(64, F / 4)});
 }
 
-// The hint's side of the dead count: take a count that has arrived, then send this step's (unless one is
-// still in flight). The host never waits for the device here.
-void exchange_dead_count(AuxDenseHint* hint, const at::Tensor& dead) {
+// The hint's side of the dead count n_dead ([] int64 on the device): take a count that has arrived, then send
+// this step's (unless one is still in flight). The host never waits for the device here.
+void exchange_dead_count(AuxDenseHint* hint, const at::Tensor& n_dead) {
   if (!hint) return;
   if (!hint->host.defined()) {
     auto o = at::TensorOptions().dtype(at::kLong);
@@ -69,7 +69,7 @@ void exchange_dead_count(AuxDenseHint* hint, const at::Tensor& dead) {
   }
   if (hint->in_flight) return;
   *slot = -1;
-  hint->host.copy_(dead.sum().reshape({1}), /*non_blocking=*/true);
+  hint->host.copy_(n_dead.reshape({1}), /*non_blocking=*/true);
   hint->in_flight = true;
 }
 
@@ -253,9 +253,10 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
   if (aux_on) {
     dead = since_fired >= c.dead_tokens;
     dead8 = dead.to(at::kByte).contiguous();
-    any_dead = dead.any().to(at::kInt).reshape({1}).contiguous();
+    const at::Tensor n_dead = dead.sum();
+    any_dead = (n_dead > 0).to(at::kInt).reshape({1}).contiguous();
     cap = aux_dense_cap(c, N, F, ka, hint);
-    exchange_dead_count(hint, dead);
+    if (c.aux_dense_cap < 0) exchange_dead_count(hint, n_dead);  // only the adaptive cap reads it
   }
 
   // 1. Encoder GEMM (cuBLAS, bf16 in/out, fp32 accumulation) and selection.
