@@ -7,10 +7,10 @@
 #
 #   bash bench/run_gpu.sh                 # from anywhere; OUT defaults to <repo>/gpu-out
 #
-# PCRE2 is not installed there: Debian's libpcre2 packages unpacked under .gpu-deps/ (e.g. .gpu-deps/root/usr,
-# carried with the run) are found by pcre2.h and the real libpcre2-8.so.* file, so dropped symlinks do not
-# matter. Budget: everything ends within GPU_DEADLINE_S (default 530 s) of the start; the benchmarks' time is
-# reserved before the rest of the test suite runs.
+# PCRE2 and utf8proc are not installed there: Debian's libpcre2 / libutf8proc packages unpacked under
+# .gpu-deps/ (e.g. .gpu-deps/root/usr, carried with the run) are found by their headers and real .so files,
+# so dropped symlinks do not matter. Budget: everything ends within GPU_DEADLINE_S (default 530 s) of the
+# start; the benchmarks' time is reserved before the rest of the test suite runs.
 set -uo pipefail
 START=$(date +%s)
 DEADLINE=$((START + ${GPU_DEADLINE_S:-530}))
@@ -66,25 +66,32 @@ export MLXTERP_PYTHON=$PYTHON  # the benches run their PyTorch peers with it
   free -g | head -2
 } >"$OUT/env.log" 2>&1
 
-# PCRE2 from .gpu-deps: the header's directory and the real shared library (linked through our own
-# libpcre2-8.so / .so.0 links in $SCRATCH, on the loader's path for the tests and benches).
+# PCRE2 and utf8proc from .gpu-deps (neither is installed there): the header's directory and the real
+# shared library, linked through our own lib*.so / .so.N links in $SCRATCH (on the loader's path for the
+# tests and benches), so symlinks dropped on the way do not matter.
 DEPS=${GPU_DEPS:-$ROOT/.gpu-deps}
-PCRE_ARGS=()
-if [[ -d "$DEPS" ]]; then
-  PCRE_H=$(find "$DEPS" -name pcre2.h | head -1)
-  PCRE_SO=$(find "$DEPS" -name 'libpcre2-8.so*' -type f | sort | tail -1)
-  if [[ -n "$PCRE_H" && -n "$PCRE_SO" ]]; then
-    mkdir -p "$SCRATCH/pcre2"
-    ln -sf "$PCRE_SO" "$SCRATCH/pcre2/libpcre2-8.so"
-    ln -sf "$PCRE_SO" "$SCRATCH/pcre2/libpcre2-8.so.0"
-    PCRE_ARGS=(-DPCRE2_INCLUDE_DIR="$(dirname "$PCRE_H")" -DPCRE2_LIBRARY="$SCRATCH/pcre2/libpcre2-8.so")
-    export LD_LIBRARY_PATH="$SCRATCH/pcre2:${LD_LIBRARY_PATH:-}"
-    echo "PCRE2 from $DEPS: ${PCRE_ARGS[*]}" >>"$OUT/env.log"
+DEP_ARGS=()
+# dep NAME HEADER LIB SONAME CMAKE_PREFIX: finds HEADER and the real libLIB.so.* under $DEPS.
+dep() {
+  local name=$1 header=$2 lib=$3 soname=$4 var=$5 h so
+  h=$(find "$DEPS" -name "$header" | head -1)
+  so=$(find "$DEPS" -name "lib$lib.so*" -type f | sort | tail -1)
+  if [[ -n "$h" && -n "$so" ]]; then
+    mkdir -p "$SCRATCH/deps"
+    ln -sf "$so" "$SCRATCH/deps/lib$lib.so"
+    ln -sf "$so" "$SCRATCH/deps/$soname"
+    DEP_ARGS+=(-D${var}_INCLUDE_DIR="$(dirname "$h")" -D${var}_LIBRARY="$SCRATCH/deps/lib$lib.so")
+    echo "$name from $DEPS: $h, $so" >>"$OUT/env.log"
   else
-    echo "PCRE2: $DEPS has no pcre2.h + libpcre2-8.so* (found '${PCRE_H}' '${PCRE_SO}')" >>"$OUT/env.log"
+    echo "$name: $DEPS has no $header + lib$lib.so* (found '$h' '$so'); relying on the system's" >>"$OUT/env.log"
   fi
+}
+if [[ -d "$DEPS" ]]; then
+  dep PCRE2 pcre2.h pcre2-8 libpcre2-8.so.0 PCRE2
+  dep utf8proc utf8proc.h utf8proc libutf8proc.so.2 UTF8PROC
+  export LD_LIBRARY_PATH="$SCRATCH/deps:${LD_LIBRARY_PATH:-}"
 else
-  echo "no $DEPS: relying on a system libpcre2-8" >>"$OUT/env.log"
+  echo "no $DEPS: relying on the system's libpcre2-8 and libutf8proc" >>"$OUT/env.log"
 fi
 cat "$OUT/env.log"
 
@@ -96,7 +103,7 @@ GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 CONFIGURE=(cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DMLXTERP_CUDA=ON
   -DCMAKE_PREFIX_PATH="$PREFIX" -DCMAKE_CUDA_COMPILER="$CUDACXX" -DCMAKE_CUDA_ARCHITECTURES=90
-  -DMLXTERP_CUDA_ARCHS=90 -DTORCH_CUDA_ARCH_LIST=9.0 -DCMAKE_POLICY_VERSION_MINIMUM=3.5 "${PCRE_ARGS[@]}")
+  -DMLXTERP_CUDA_ARCHS=90 -DTORCH_CUDA_ARCH_LIST=9.0 -DCMAKE_POLICY_VERSION_MINIMUM=3.5 "${DEP_ARGS[@]}")
 if ! stage configure 120 "$OUT/build.log" "${CONFIGURE[@]}"; then
   # Show why, then once more from a clean cache without cuDNN and with CUDA::nvToolsExt mapped onto nvtx3
   # (bench/torch_cuda_compat.cmake), the two things a torch wheel's CMake files have tripped on elsewhere.

@@ -2,7 +2,7 @@
 # Installs every system dependency of mlxterp with apt. Idempotent: quiet and fast when all is present.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libtorch-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-      libbenchmark-dev libsentencepiece-dev sentencepiece libpcre2-dev libopenblas0-openmp python3 python3-torch python3-numpy
+      libbenchmark-dev libsentencepiece-dev sentencepiece libpcre2-dev libutf8proc-dev libopenblas0-openmp python3 python3-torch python3-numpy
       chromium)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -8,8 +8,9 @@
 //   auto batch = mlxterp::encode_batch(*tok, {"a", "longer text"}, {.padding_side = mlxterp::PaddingSide::Right});
 //   // batch.ids [2, t] int64, batch.attention_mask [2, t] int64 (1 = real token)
 //
-// Sources supported (DESIGN.md §2): Hugging Face tokenizer.json (byte-level BPE, SentencePiece-style BPE
-// with byte fallback, added/special tokens, post-processor templates, decoders), SentencePiece .model
+// Sources supported (DESIGN.md §2): Hugging Face tokenizer.json (models: byte-level BPE, SentencePiece-style
+// BPE with byte fallback, Unigram, WordPiece; normalizers incl. NFC/NFD/NFKC/NFKD, Lowercase and
+// BertNormalizer; added/special tokens, post-processor templates, decoders), SentencePiece .model
 // files (through libsentencepiece: BPE and Unigram), GGUF-embedded vocabularies (llama/SPM and gpt2/BPE),
 // and llama2.c tok*.bin. An unsupported component is an error naming it, never silently wrong ids.
 #pragma once
@@ -53,7 +54,7 @@ class Tokenizer {
   virtual bool is_special(int32_t id) const = 0;
   // Whether encode() with add_special = true prepends BOS.
   virtual bool adds_bos() const = 0;
-  // "hf-bpe", "hf-spm-bpe", "sentencepiece", "gguf-llama", "gguf-gpt2", "llama2c"
+  // "hf-bpe", "hf-spm-bpe", "hf-unigram", "hf-wordpiece", "sentencepiece", "gguf-llama", "gguf-gpt2", "llama2c"
   virtual std::string kind() const = 0;
 
   const SpecialIds& special() const { return special_; }

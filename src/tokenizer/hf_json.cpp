@@ -78,8 +78,22 @@ void add_normalizer(const json& j, const std::string& where, PipelineSpec& spec)
     s.left = j.value("strip_left", true);
     s.right = j.value("strip_right", true);
     spec.normalizers.push_back(s);
+  } else if (t == "NFC" || t == "NFD" || t == "NFKC" || t == "NFKD") {
+    NormalizerStep s{NormalizerStep::Unicode, "", "", nullptr};
+    s.form = t == "NFC" ? NormalForm::NFC : t == "NFD" ? NormalForm::NFD : t == "NFKC" ? NormalForm::NFKC : NormalForm::NFKD;
+    spec.normalizers.push_back(s);
+  } else if (t == "Lowercase") {
+    spec.normalizers.push_back({NormalizerStep::Lowercase, "", "", nullptr});
+  } else if (t == "BertNormalizer") {
+    NormalizerStep s{NormalizerStep::Bert, "", "", nullptr};
+    auto flag = [&](const char* k, bool dflt) { return j.contains(k) && !j[k].is_null() ? j[k].get<bool>() : dflt; };
+    s.bert.clean_text = flag("clean_text", true);
+    s.bert.handle_chinese_chars = flag("handle_chinese_chars", true);
+    s.bert.lowercase = flag("lowercase", true);
+    s.bert.strip_accents = flag("strip_accents", s.bert.lowercase);  // null: follows lowercase
+    spec.normalizers.push_back(s);
   } else {
-    unsupported(where, "normalizer", t, "Sequence, Prepend, Replace, Strip");
+    unsupported(where, "normalizer", t, "Sequence, Prepend, Replace, Strip, NFC, NFD, NFKC, NFKD, Lowercase, BertNormalizer");
   }
 }
 
@@ -120,8 +134,14 @@ void add_pretokenizer(const json& j, const std::string& where, PipelineSpec& spe
     p.re = std::make_shared<Regex>(R"(\w+|[^\w\s]+)", where + " Whitespace");
     p.behavior = SplitBehavior::Removed;
     p.invert = true;
+  } else if (t == "BertPreTokenizer") {
+    p.kind = PreTokStep::BertPre;
+  } else if (t == "Punctuation") {
+    p.kind = PreTokStep::Punctuation;
+    p.behavior = j.contains("behavior") ? parse_behavior(j["behavior"], where) : SplitBehavior::Isolated;
   } else {
-    unsupported(where, "pre-tokenizer", t, "Sequence, ByteLevel, Split, Metaspace, Digits, Whitespace, WhitespaceSplit");
+    unsupported(where, "pre-tokenizer", t,
+                "Sequence, ByteLevel, Split, Metaspace, Digits, Whitespace, WhitespaceSplit, BertPreTokenizer, Punctuation");
   }
   spec.pretokenizers.push_back(std::move(p));
 }
@@ -157,8 +177,12 @@ void add_decoder(const json& j, const std::string& where, PipelineSpec& spec) {
     d.kind = DecoderStep::Metaspace;
     d.a = j.contains("replacement") ? j["replacement"].get<std::string>() : std::string(kSpmSpace);
     d.prepend_scheme = parse_scheme(j, where);
+  } else if (t == "WordPiece") {
+    d.kind = DecoderStep::WordPiece;
+    d.a = j.value("prefix", std::string("##"));
+    d.cleanup = j.value("cleanup", true);
   } else {
-    unsupported(where, "decoder", t, "Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace");
+    unsupported(where, "decoder", t, "Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece");
   }
   spec.decoders.push_back(std::move(d));
 }
@@ -239,56 +263,14 @@ void find_special_ids(PipelineSpec& spec, const StringIdMap& ids, const std::str
   if (s.unk < 0) s.unk = spec.unk_id;
 }
 
-}  // namespace
-
-std::shared_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
-  json j;
-  try {
-    j = json::parse(read_file(path));
-  } catch (const json::exception& e) {
-    MLXTERP_FAIL(path, ": not valid JSON (", e.what(), "); expected a Hugging Face tokenizer.json");
-  }
-  MLXTERP_CHECK(j.is_object() && j.contains("model"), path,
-                ": no \"model\" field; expected a Hugging Face tokenizer.json");
-  PipelineSpec spec;
-  spec.source = path;
-  const json& m = j["model"];
-  std::string mtype = m.contains("type") ? m["type"].get<std::string>() : (m.contains("merges") ? "BPE" : "?");
-  if (mtype != "BPE") unsupported(path, "model", mtype, "BPE");
+// The BPE model's merges and options (the vocabulary is read by the caller).
+void parse_bpe(const json& m, const std::string& path, PipelineSpec& spec) {
   MLXTERP_CHECK(!m.contains("dropout") || m["dropout"].is_null() || m["dropout"].get<double>() == 0.0, path,
                 ": BPE dropout is set; expected null (dropout makes encoding random)");
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     MLXTERP_CHECK(!m.contains(k) || m[k].is_null() || m[k].get<std::string>().empty(), path, ": BPE ", k, " ",
                   quote(m[k].dump()), " is not supported; expected null");
   }
-  // Vocabulary: the model's, then the added tokens.
-  int32_t max_id = -1;
-  for (const auto& [piece, id] : m.at("vocab").items()) {
-    int32_t i = id.get<int32_t>();
-    MLXTERP_CHECK(i >= 0, path, ": vocabulary entry ", quote(piece), " has negative id ", i);
-    spec.model_vocab.emplace(piece, i);
-    max_id = std::max(max_id, i);
-  }
-  if (j.contains("added_tokens")) {
-    for (const auto& a : j["added_tokens"]) {
-      AddedToken t;
-      t.id = a.at("id").get<int32_t>();
-      t.content = a.at("content").get<std::string>();
-      t.special = a.value("special", false);
-      t.lstrip = a.value("lstrip", false);
-      t.rstrip = a.value("rstrip", false);
-      t.normalized = a.value("normalized", !t.special);
-      t.single_word = a.value("single_word", false);
-      max_id = std::max(max_id, t.id);
-      spec.added.push_back(std::move(t));
-    }
-  }
-  spec.vocab.resize(size_t(max_id + 1));
-  for (const auto& [piece, id] : spec.model_vocab) spec.vocab[id] = piece;
-  for (const auto& a : spec.added) spec.vocab[a.id] = a.content;
-  StringIdMap ids = spec.model_vocab;
-  for (const auto& a : spec.added) ids[a.content] = a.id;
-
   for (const auto& mg : m.at("merges")) {
     if (mg.is_array()) {
       MLXTERP_CHECK(mg.size() == 2, path, ": merge ", mg.dump(), " is not a pair");
@@ -308,6 +290,90 @@ std::shared_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
     spec.unk_id = find_id(spec.model_vocab, unk);
     MLXTERP_CHECK(spec.unk_id >= 0, path, ": unk_token ", quote(unk), " is not in the vocabulary");
   }
+}
+
+}  // namespace
+
+std::shared_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
+  json j;
+  try {
+    j = json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    MLXTERP_FAIL(path, ": not valid JSON (", e.what(), "); expected a Hugging Face tokenizer.json");
+  }
+  MLXTERP_CHECK(j.is_object() && j.contains("model"), path,
+                ": no \"model\" field; expected a Hugging Face tokenizer.json");
+  PipelineSpec spec;
+  spec.source = path;
+  const json& m = j["model"];
+  std::string mtype = m.contains("type") ? m["type"].get<std::string>() : (m.contains("merges") ? "BPE" : "?");
+  if (mtype != "BPE" && mtype != "Unigram" && mtype != "WordPiece")
+    unsupported(path, "model", mtype, "BPE, Unigram, WordPiece");
+  // Vocabulary: the model's, then the added tokens.
+  int32_t max_id = -1;
+  if (mtype == "Unigram") {
+    // [[piece, score], ...]: ids are positions.
+    const json& v = m.at("vocab");
+    MLXTERP_CHECK(v.is_array(), path, ": the Unigram vocab is ", v.type_name(), "; expected [[piece, score], ...]");
+    for (const auto& e : v) {
+      MLXTERP_CHECK(e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_number(), path, ": Unigram vocab entry ",
+                    e.dump(), "; expected [piece, score]");
+      spec.model_vocab[e[0].get<std::string>()] = int32_t(spec.unigram_scores.size());
+      spec.unigram_scores.push_back(e[1].get<double>());
+    }
+    max_id = int32_t(spec.unigram_scores.size()) - 1;
+  } else {
+    for (const auto& [piece, id] : m.at("vocab").items()) {
+      int32_t i = id.get<int32_t>();
+      MLXTERP_CHECK(i >= 0, path, ": vocabulary entry ", quote(piece), " has negative id ", i);
+      spec.model_vocab.emplace(piece, i);
+      max_id = std::max(max_id, i);
+    }
+  }
+  if (j.contains("added_tokens")) {
+    for (const auto& a : j["added_tokens"]) {
+      AddedToken t;
+      t.id = a.at("id").get<int32_t>();
+      t.content = a.at("content").get<std::string>();
+      t.special = a.value("special", false);
+      t.lstrip = a.value("lstrip", false);
+      t.rstrip = a.value("rstrip", false);
+      t.normalized = a.value("normalized", !t.special);
+      t.single_word = a.value("single_word", false);
+      max_id = std::max(max_id, t.id);
+      spec.added.push_back(std::move(t));
+    }
+  }
+  spec.vocab.resize(size_t(max_id + 1));
+  if (mtype == "Unigram") {
+    const json& v = m["vocab"];
+    for (size_t i = 0; i < v.size(); ++i) spec.vocab[i] = v[i][0].get<std::string>();
+  } else {
+    for (const auto& [piece, id] : spec.model_vocab) spec.vocab[id] = piece;
+  }
+  for (const auto& a : spec.added) spec.vocab[a.id] = a.content;
+  StringIdMap ids = spec.model_vocab;
+  for (const auto& a : spec.added) ids[a.content] = a.id;
+
+  if (mtype == "BPE") {
+    parse_bpe(m, path, spec);
+  } else if (mtype == "Unigram") {
+    spec.unigram = true;
+    spec.merge_options.byte_fallback = m.value("byte_fallback", false);
+    if (m.contains("unk_id") && !m["unk_id"].is_null()) {
+      spec.unk_id = m["unk_id"].get<int32_t>();
+      MLXTERP_CHECK(spec.unk_id >= 0 && size_t(spec.unk_id) < spec.unigram_scores.size(), path, ": Unigram unk_id ",
+                    spec.unk_id, " is outside the vocabulary; expected 0 <= unk_id < ", spec.unigram_scores.size());
+    }
+  } else {
+    spec.wordpiece = true;
+    spec.wordpiece_unk = m.value("unk_token", std::string("[UNK]"));
+    spec.wordpiece_prefix = m.value("continuing_subword_prefix", std::string("##"));
+    const int64_t mx = m.value("max_input_chars_per_word", int64_t(100));
+    MLXTERP_CHECK(mx >= 0, path, ": WordPiece max_input_chars_per_word is ", mx, "; expected >= 0");
+    spec.wordpiece_max_chars = size_t(mx);
+    spec.unk_id = find_id(spec.model_vocab, spec.wordpiece_unk);
+  }
 
   add_normalizer(j.value("normalizer", json()), path, spec);
   add_pretokenizer(j.value("pre_tokenizer", json()), path, spec);
@@ -318,7 +384,10 @@ std::shared_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
     for (const auto& n : spec.normalizers)
       if (n.kind == NormalizerStep::Replace && n.b == kSpmSpace) spec.display = DisplayMode::Spm;
   }
-  spec.kind = spec.display == DisplayMode::ByteLevel ? "hf-bpe" : (spec.merge_options.byte_fallback ? "hf-spm-bpe" : "hf-bpe");
+  spec.kind = spec.unigram    ? "hf-unigram"
+              : spec.wordpiece ? "hf-wordpiece"
+              : spec.display == DisplayMode::ByteLevel ? "hf-bpe"
+                                                       : (spec.merge_options.byte_fallback ? "hf-spm-bpe" : "hf-bpe");
   find_special_ids(spec, ids, path);
   return std::make_shared<PipelineTokenizer>(std::move(spec));
 }

@@ -9,21 +9,14 @@ namespace mlxterp::tok {
 
 namespace {
 
-// HF NormalizedString::split: the pieces of `s` cut by the matches of `re`, per `behavior`.
+struct Part {
+  size_t b, e;
+  bool match;
+};
+
+// HF NormalizedString::split's behaviours: the kept pieces of `parts` (matches and the text between them).
 template <class F>
-void split_by(std::string_view s, const Regex& re, SplitBehavior behavior, bool invert, F&& emit) {
-  struct Part {
-    size_t b, e;
-    bool match;
-  };
-  std::vector<Part> parts;
-  size_t prev = 0;
-  re.for_each_match(s, [&](size_t b, size_t e) {
-    if (prev != b) parts.push_back({prev, b, invert});
-    parts.push_back({b, e, !invert});
-    prev = e;
-  });
-  if (prev != s.size()) parts.push_back({prev, s.size(), invert});
+void emit_split(const std::vector<Part>& parts, SplitBehavior behavior, F&& emit) {
   std::vector<std::pair<size_t, size_t>> out;  // kept pieces
   out.reserve(parts.size());
   switch (behavior) {
@@ -68,6 +61,20 @@ void split_by(std::string_view s, const Regex& re, SplitBehavior behavior, bool 
     if (e > b) emit(b, e);
 }
 
+// HF NormalizedString::split: the pieces of `s` cut by the matches of `re`, per `behavior`.
+template <class F>
+void split_by(std::string_view s, const Regex& re, SplitBehavior behavior, bool invert, F&& emit) {
+  std::vector<Part> parts;
+  size_t prev = 0;
+  re.for_each_match(s, [&](size_t b, size_t e) {
+    if (prev != b) parts.push_back({prev, b, invert});
+    parts.push_back({b, e, !invert});
+    prev = e;
+  });
+  if (prev != s.size()) parts.push_back({prev, s.size(), invert});
+  emit_split(parts, behavior, emit);
+}
+
 // Valid UTF-8 runs as text, stray bytes as "<0xXX>" (token_to_str of partial-character tokens).
 std::string show_bytes(std::string_view bytes) {
   if (first_invalid_utf8(bytes) == std::string_view::npos) return std::string(bytes);
@@ -84,6 +91,36 @@ std::string show_bytes(std::string_view bytes) {
     i += bad + 1;
   }
   return out;
+}
+
+// HF's BERT pre-tokenizers, character by character: BertPreTokenizer (`bert`) removes whitespace and
+// isolates each BERT punctuation character; Punctuation splits on each punctuation character (one match
+// per character) with `behavior`.
+template <class F>
+void split_by_chars(std::string_view s, bool bert, SplitBehavior behavior, F&& emit) {
+  std::vector<Part> parts;
+  size_t word = 0;  // start of the current run of other characters
+  for (size_t i = 0; i < s.size();) {
+    const size_t b = i;
+    const uint32_t cp = next_codepoint(s, i);
+    const bool ws = bert && is_unicode_whitespace(cp);
+    if (!ws && !is_bert_punctuation(cp)) continue;
+    if (word < b) parts.push_back({word, b, false});
+    if (!ws) parts.push_back({b, i, true});
+    word = i;
+  }
+  if (word < s.size()) parts.push_back({word, s.size(), false});
+  emit_split(parts, bert ? SplitBehavior::Isolated : behavior, emit);
+}
+
+// HF's WordPiece decoder cleanup of one token (spaces before punctuation and contractions).
+std::string wordpiece_cleanup(std::string t) {
+  static const std::pair<const char*, const char*> kRules[] = {
+      {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"},
+      {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+  for (const auto& [from, to] : kRules)
+    if (t.find(from) != std::string::npos) t = replace_all(t, from, to);
+  return t;
 }
 
 std::string strip_unicode_ws(std::string_view s, bool left, bool right) {
@@ -130,7 +167,14 @@ PipelineTokenizer::PipelineTokenizer(PipelineSpec spec) : spec_(std::move(spec))
   }
   raw_added_ = AddedMatcher(std::move(raw));
   normalized_added_ = AddedMatcher(std::move(normalized));
-  if (spec_.score_bpe) {
+  if (spec_.unigram) {
+    std::vector<std::string> pieces(spec_.vocab.begin(), spec_.vocab.begin() + spec_.unigram_scores.size());
+    unigram_ = std::make_unique<UnigramModel>(pieces, spec_.unigram_scores, spec_.unk_id,
+                                              spec_.merge_options.byte_fallback, spec_.source);
+  } else if (spec_.wordpiece) {
+    wordpiece_ = std::make_unique<WordPieceModel>(spec_.model_vocab, spec_.wordpiece_unk, spec_.wordpiece_prefix,
+                                                  spec_.wordpiece_max_chars, spec_.source);
+  } else if (spec_.score_bpe) {
     ScoreBpeOptions o;
     o.unk_id = spec_.unk_id;
     score_bpe_ = std::make_unique<ScoreBpe>(spec_.vocab, spec_.scores, spec_.mergeable, o);
@@ -167,6 +211,15 @@ std::string PipelineTokenizer::normalize(std::string_view text) const {
       }
       case NormalizerStep::Strip:
         s = strip_unicode_ws(s, n.left, n.right);
+        break;
+      case NormalizerStep::Unicode:
+        s = unicode_normalize(s, n.form);
+        break;
+      case NormalizerStep::Lowercase:
+        s = unicode_lowercase(s);
+        break;
+      case NormalizerStep::Bert:
+        s = bert_normalize(s, n.bert);
         break;
     }
   }
@@ -216,6 +269,8 @@ void PipelineTokenizer::pretokenize(size_t step, std::string_view piece, bool at
   if (piece.empty()) return;
   if (step == spec_.pretokenizers.size()) {
     if (merge_bpe_) merge_bpe_->encode_word(piece, out);
+    else if (unigram_) unigram_->encode(piece, out);
+    else if (wordpiece_) wordpiece_->encode(piece, out);
     else score_bpe_->encode(piece, out);
     return;
   }
@@ -244,6 +299,11 @@ void PipelineTokenizer::pretokenize(size_t step, std::string_view piece, bool at
     case PreTokStep::WhitespaceSplit:
       split_by(piece, *p.re, p.behavior, p.invert,
                [&](size_t b, size_t e) { pretokenize(step + 1, piece.substr(b, e - b), at_start && b == 0, out); });
+      return;
+    case PreTokStep::BertPre:
+    case PreTokStep::Punctuation:
+      split_by_chars(piece, p.kind == PreTokStep::BertPre, p.behavior,
+                     [&](size_t b, size_t e) { pretokenize(step + 1, piece.substr(b, e - b), at_start && b == 0, out); });
       return;
     case PreTokStep::Metaspace: {
       std::string s = replace_all(piece, " ", p.replacement);
@@ -326,6 +386,16 @@ std::string PipelineTokenizer::decode(std::span<const int32_t> ids, bool skip_sp
           for (size_t k = 0; k < d.stop && e >= b + d.a.size() && t.compare(e - d.a.size(), d.a.size(), d.a) == 0; ++k)
             e -= d.a.size();
           t = t.substr(b, e - b);
+        }
+        break;
+      case DecoderStep::WordPiece:
+        for (size_t i = 0; i < toks.size(); ++i) {
+          std::string& t = toks[i];
+          if (i > 0) {
+            if (t.compare(0, d.a.size(), d.a) == 0) t.erase(0, d.a.size());
+            else t.insert(0, " ");
+          }
+          if (d.cleanup) t = wordpiece_cleanup(t);
         }
         break;
       case DecoderStep::Metaspace:

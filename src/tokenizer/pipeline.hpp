@@ -1,6 +1,7 @@
 // The Hugging Face tokenization pipeline (internal), shared by tokenizer.json files and GGUF
 // vocabularies:
-//   added tokens (raw) -> normalizers -> added tokens (normalized) -> pre-tokenizers -> model (BPE)
+//   added tokens (raw) -> normalizers -> added tokens (normalized) -> pre-tokenizers -> model (BPE,
+//   Unigram or WordPiece)
 //   -> post-processor template (BOS ...);   decode: ids -> pieces -> decoders -> text.
 // Each stage mirrors the component of the same name in HF `tokenizers` (0.2x).
 #pragma once
@@ -13,21 +14,27 @@
 #include "tokenizer/added.hpp"
 #include "tokenizer/bpe.hpp"
 #include "tokenizer/regex.hpp"
+#include "tokenizer/subword.hpp"
+#include "tokenizer/unicode.hpp"
 
 namespace mlxterp::tok {
 
 struct NormalizerStep {
-  enum Kind { Prepend, Replace, ReplaceRegex, Strip } kind;
+  enum Kind { Prepend, Replace, ReplaceRegex, Strip, Unicode, Lowercase, Bert } kind;
   std::string a, b;  // Prepend: a; Replace: a -> b
   std::shared_ptr<Regex> re;
   bool left = false, right = false;  // Strip
+  NormalForm form = NormalForm::NFC;  // Unicode
+  BertNormalizerOptions bert;         // Bert
 };
 
 enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
 enum class PrependScheme { Always, First, Never };
 
 struct PreTokStep {
-  enum Kind { ByteLevel, Split, Metaspace, Digits, WhitespaceSplit } kind;
+  // BertPre: split on whitespace (removed) and BERT punctuation (isolated); Punctuation: split on BERT
+  // punctuation with `behavior`.
+  enum Kind { ByteLevel, Split, Metaspace, Digits, WhitespaceSplit, BertPre, Punctuation } kind;
   // ByteLevel
   bool add_prefix_space = false, use_regex = true;
   // Split (also Digits / Whitespace through a regex)
@@ -41,10 +48,11 @@ struct PreTokStep {
 };
 
 struct DecoderStep {
-  enum Kind { ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace } kind;
-  std::string a, b;                  // Replace a -> b; Strip content a; Metaspace replacement a
+  enum Kind { ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece } kind;
+  std::string a, b;                  // Replace a -> b; Strip content a; Metaspace replacement a; WordPiece prefix a
   size_t start = 0, stop = 0;        // Strip
   PrependScheme prepend_scheme = PrependScheme::Always;  // Metaspace
+  bool cleanup = false;                                  // WordPiece
 };
 
 // How token_to_str shows a vocabulary entry.
@@ -57,13 +65,18 @@ struct PipelineSpec {
   std::vector<AddedToken> added;
   std::vector<NormalizerStep> normalizers;
   std::vector<PreTokStep> pretokenizers;
-  // Model: exactly one of these.
+  // Model: MergeBpe (merges), ScoreBpe (score_bpe), Unigram (unigram) or WordPiece (wordpiece).
   std::vector<std::pair<std::string, std::string>> merges;  // MergeBpe
   MergeBpeOptions merge_options;
   bool score_bpe = false;  // ScoreBpe (GGUF llama vocabularies)
   std::vector<float> scores;
   std::vector<uint8_t> mergeable;
   int32_t unk_id = -1;
+  bool unigram = false;  // pieces = vocab ids below unigram_scores.size(); byte fallback as merge_options
+  std::vector<double> unigram_scores;
+  bool wordpiece = false;  // model_vocab, unk_token, continuing-subword prefix, max characters per word
+  std::string wordpiece_unk, wordpiece_prefix = "##";
+  size_t wordpiece_max_chars = 100;
   // Post-processor (single-sequence template) and decoders.
   std::vector<int32_t> prefix, suffix;
   bool has_decoder = false;
@@ -98,6 +111,8 @@ class PipelineTokenizer : public Tokenizer {
   AddedMatcher raw_added_, normalized_added_;
   std::unique_ptr<MergeBpe> merge_bpe_;
   std::unique_ptr<ScoreBpe> score_bpe_;
+  std::unique_ptr<UnigramModel> unigram_;
+  std::unique_ptr<WordPieceModel> wordpiece_;
 };
 
 }  // namespace mlxterp::tok

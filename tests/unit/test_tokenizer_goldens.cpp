@@ -5,6 +5,7 @@
 #include "common.hpp"
 #include "mlxterp/error.hpp"
 #include "mlxterp/tokenizer.hpp"
+#include "mlxterp/util.hpp"
 
 using namespace mlxterp;
 using namespace mlxterp::test;
@@ -62,6 +63,75 @@ INSTANTIATE_TEST_SUITE_P(Reference, TokenizerGolden,
                                            "llama2-bin", "mistral-v1-model", "mistral-v3-model", "unigram-model",
                                            "gguf-gpt2", "gguf-llama-spm", "gguf-phi3", "stories260K-json",
                                            "stories260K-tok512", "stories260K-gguf"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (auto& c : s)
+                             if (!isalnum(uint8_t(c))) c = '_';
+                           return s;
+                         });
+
+// tokenizer.json layouts beyond the shared files (tests/golden/tokenizers/variants, made by
+// tests/reference/make_tokenizer_variants.py with HF tokenizers): Unicode normalizers on the shared
+// vocabularies (the golden names the base file and the top-level fields it replaces), and small trained
+// WordPiece and Unigram tokenizers committed beside their goldens.
+const std::vector<std::string>& variant_strings() {
+  static const std::vector<std::string> s = [] {
+    auto v = strings();
+    auto extra = nlohmann::json::parse(read_file(golden_path("tokenizers/variants/extra_strings.json")));
+    for (const auto& x : extra) v.push_back(x.get<std::string>());
+    return v;
+  }();
+  return s;
+}
+
+class TokenizerVariant : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TokenizerVariant, IdsAndDecodeMatchReference) {
+  const auto golden = nlohmann::json::parse(read_file(golden_path("tokenizers/variants/" + GetParam() + ".json")));
+  std::string src;
+  if (golden.contains("base")) {
+    const std::string base = golden["base"].get<std::string>();
+    MLXTERP_REQUIRE_DATA(base);
+    src = data_path(base);
+  } else {
+    src = golden_path("tokenizers/variants/" + golden["file"].get<std::string>());
+  }
+  auto j = nlohmann::json::parse(read_file(src));
+  for (const auto& [k, v] : golden["edit"].items()) j[k] = v;
+  TempDir tmp;
+  const std::string path = tmp.file("tokenizer.json");
+  write_file_atomic(path, j.dump());
+  auto tok = load_tokenizer(path);
+  const auto& strs = variant_strings();
+  ASSERT_EQ(golden["ids"].size(), strs.size()) << "golden and the strings disagree; regenerate both";
+  size_t id_failures = 0, decode_failures = 0;
+  for (size_t i = 0; i < strs.size(); ++i) {
+    const auto expected = golden["ids"][i].get<std::vector<int32_t>>();
+    const auto got = tok->encode(strs[i], {.add_special = false});
+    if (got != expected) {
+      if (++id_failures <= 10)
+        ADD_FAILURE() << GetParam() << " string " << i << " " << show(strs[i]) << "\n  expected " << show_ids(expected)
+                      << "\n  got      " << show_ids(got);
+      continue;
+    }
+    const std::string key = std::to_string(i);
+    const std::string want = golden["decoded"].contains(key) ? golden["decoded"][key].get<std::string>() : strs[i];
+    const std::string dec = tok->decode(got);
+    if (dec != want && ++decode_failures <= 10)
+      ADD_FAILURE() << GetParam() << " decode of string " << i << " " << show(strs[i]) << "\n  expected " << show(want)
+                    << "\n  got      " << show(dec);
+  }
+  EXPECT_EQ(id_failures, 0u) << "strings whose ids differ from the reference";
+  EXPECT_EQ(decode_failures, 0u) << "strings whose decode differs from the reference";
+  const auto& ws = golden["with_special"];
+  EXPECT_EQ(tok->encode(ws["text"].get<std::string>()), ws["ids"].get<std::vector<int32_t>>())
+      << "the post-processor template differs from the reference";
+}
+
+INSTANTIATE_TEST_SUITE_P(Reference, TokenizerVariant,
+                         ::testing::Values("gpt2-nfc", "gpt2-nfd", "gpt2-nfkc", "gpt2-nfkd-lower", "gpt2-bertnorm",
+                                           "llama3-nfc", "llama2-nfkc-lower", "wordpiece-bert", "wordpiece-cased",
+                                           "unigram", "unigram-bytes"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (auto& c : s)

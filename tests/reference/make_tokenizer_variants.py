@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Golden ids for tokenizer.json layouts the shared vocabularies do not cover: Unicode normalizers
+(NFC as in Pythia/GPT-NeoX and Qwen, NFD, NFKC, NFKD, Lowercase, BertNormalizer), the WordPiece
+model (BERT) and the Unigram model (T5 / ALBERT style, with and without byte fallback).
+
+    python3 tests/reference/make_tokenizer_variants.py [--data ../shared/data] \
+        [--out tests/golden/tokenizers/variants]
+
+Run where the Hugging Face `tokenizers` Python package is installed (the GPU machine's python3); it is
+the reference. Two kinds of variant:
+
+  * edits: a shared tokenizer.json (under --data) with some top-level fields replaced (`edit`); the
+    test applies the same replacement before loading, so no vocabulary is copied into the repository.
+  * trained: small tokenizers trained here with `tokenizers` trainers on the first 200 KB of
+    text/tinystories_val_subset.txt plus the test strings, saved beside the goldens as
+    <name>.tokenizer.json (a few hundred pieces each; the committed file is the fixture, the
+    training only made it).
+
+Output: extra_strings.json (normalization-specific strings appended to ../strings.json) and one
+<name>.json per variant: {"base" or "file", "edit", "reference", "n_strings", "with_special",
+"decoded", "ids"} in the format of make_tokenizer_goldens.py.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from make_tokenizer_goldens import PROBE, make_strings  # noqa: E402
+
+EXTRA = [
+    "\u212b", "A\u030a", "\u00c5", "\u1100\u1161\u11a8", "\uac01", "a\u0301\u0323", "a\u0323\u0301", "x\u00b2 + y\u00b3",
+    "\u2460\u2461\u2462", "\u2163 \u216b", "\u00bd \u2153", "\ufb01\ufb03 \ufb00", "\u3392\u337f", "\uff28\uff45\uff4c\uff4c\uff4f",
+    "\u03a3\u0391\u03a3 \u038c\u03a3\u039f\u03a3", "\u0130", "I\u0307", "\u01c4\u01c5\u01c6", "\u1e9e", "\u0149",
+    "Caf\u00c9 CAF\u0045\u0301", "\u00e9\u0301", "\u0915\u093c", "\u0958", "\u2126 \u03a9", "\u212a\u212b", "\u00b5 \u03bc",
+    "\u1f80\u0345", "\u0627\u0653", "\u30ac \u30ab\u3099", "\uff76\uff9e", "\u2000\u2001\u2002", "\u00a8 \u00b4",
+    "\u0041\u0308\u0304", "\u1e0b\u0323", "\u0073\u0323\u0307", "\ud55c\uad6d\uc5b4", "\u1112\u1161\u11ab",
+    "HeLLo W\u00d6RLD \u00c7A", "[CLS] [SEP] [MASK] [UNK]", "<unk> <s> </s>", "\u4e2d\u6587abc\u65e5\u672c",
+    "\u0000\u0001 ctrl\u007f", "\ufffd replacement", "\u00ad soft\u00adhyphen", "tab\there\u000bvt",
+    "emoji\U0001f600 \U0001f1eb\U0001f1f7", "unaffable", "unbelievable!!", "don't stop", "e.g. U.S.A.",
+    "running jumped quickly", "A" * 120, "Supercalifragilisticexpialidocious" * 4,
+]
+
+
+def load_text(data, n_bytes=200_000):
+    with open(os.path.join(data, "text/tinystories_val_subset.txt"), encoding="utf-8") as f:
+        return f.read(n_bytes).splitlines()
+
+
+def train_wordpiece(lines, path):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    t = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    t.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                              lowercase=True)
+    t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    t.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    t.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=900, special_tokens=specials, min_frequency=2,
+                                                           continuing_subword_prefix="##", limit_alphabet=400))
+    t.post_processor = processors.BertProcessing(("[SEP]", t.token_to_id("[SEP]")), ("[CLS]", t.token_to_id("[CLS]")))
+    t.save(path)
+
+
+def train_unigram(lines, path, path_bytes):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    t = Tokenizer(models.Unigram())
+    t.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    t.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    t.train_from_iterator(lines, trainers.UnigramTrainer(vocab_size=700, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                         unk_token="<unk>", max_piece_length=12))
+    t.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", t.token_to_id("</s>"))])
+    t.save(path)
+    # The same vocabulary with byte fallback: 256 <0xXX> pieces (low scores) and the decoders Llama uses.
+    j = json.load(open(path, encoding="utf-8"))
+    low = min(s for _, s in j["model"]["vocab"]) - 1.0
+    j["model"]["vocab"] += [[f"<0x{b:02X}>", low] for b in range(256)]
+    j["model"]["byte_fallback"] = True
+    j["normalizer"] = {"type": "NFC"}
+    j["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"},
+                                                     {"type": "Metaspace", "replacement": "\u2581",
+                                                      "prepend_scheme": "always", "split": True}]}
+    with open(path_bytes, "w", encoding="utf-8") as f:
+        json.dump(j, f, ensure_ascii=False, indent=1)
+
+
+# name -> (base file under data/ or None for a trained file, edit of top-level fields)
+EDITS = {
+    "gpt2-nfc": ("tokenizers/gpt2/tokenizer.json", {"normalizer": {"type": "NFC"}}),
+    "gpt2-nfd": ("tokenizers/gpt2/tokenizer.json", {"normalizer": {"type": "NFD"}}),
+    "gpt2-nfkc": ("tokenizers/gpt2/tokenizer.json", {"normalizer": {"type": "NFKC"}}),
+    "gpt2-nfkd-lower": ("tokenizers/gpt2/tokenizer.json",
+                        {"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKD"}, {"type": "Lowercase"}]}}),
+    "gpt2-bertnorm": ("tokenizers/gpt2/tokenizer.json",
+                      {"normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                                      "strip_accents": True, "lowercase": False}}),
+    "llama3-nfc": ("tokenizers/llama3-bpe/tokenizer.json", {"normalizer": {"type": "NFC"}}),
+    "llama2-nfkc-lower": ("tokenizers/llama2-spm/tokenizer.json",
+                          {"normalizer": {"type": "Sequence", "normalizers": [
+                              {"type": "NFKC"}, {"type": "Lowercase"}, {"type": "Prepend", "prepend": "\u2581"},
+                              {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}}),
+}
+TRAINED = ["wordpiece-bert", "wordpiece-cased", "unigram", "unigram-bytes"]
+# Edits of the trained files (base relative to --out).
+TRAINED_EDITS = {
+    "wordpiece-cased": ("@wordpiece-bert", {"normalizer": {"type": "BertNormalizer", "clean_text": True,
+                                                           "handle_chinese_chars": False, "strip_accents": False,
+                                                           "lowercase": False}}),
+}
+
+
+def dump_golden(path, doc, ids):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False, separators=(',', ':'))}"
+                                    for k, v in doc.items()))
+        f.write(',\n"ids": [\n' + ",\n".join(json.dumps(v, separators=(",", ":")) for v in ids) + "\n]\n}\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data"))
+    ap.add_argument("--out", default=os.path.join(REPO, "tests", "golden", "tokenizers", "variants"))
+    args = ap.parse_args()
+    import tokenizers
+    from tokenizers import Tokenizer
+
+    data = os.path.abspath(args.data)
+    os.makedirs(args.out, exist_ok=True)
+    strings = make_strings()
+    extra = [x for x in EXTRA if x not in strings]
+    with open(os.path.join(args.out, "extra_strings.json"), "w", encoding="utf-8") as f:
+        f.write(json.dumps(extra, ensure_ascii=False, indent=0) + "\n")
+    strings = strings + extra
+    lines = load_text(data) + strings
+
+    wp = os.path.join(args.out, "wordpiece-bert.tokenizer.json")
+    ug = os.path.join(args.out, "unigram.tokenizer.json")
+    ugb = os.path.join(args.out, "unigram-bytes.tokenizer.json")
+    if not os.path.exists(wp):
+        train_wordpiece(lines, wp)
+    if not (os.path.exists(ug) and os.path.exists(ugb)):
+        train_unigram(lines, ug, ugb)
+
+    version = "tokenizers " + tokenizers.__version__
+    jobs = []  # (name, golden header, tokenizer path)
+    with tempfile.TemporaryDirectory() as tmp:
+        def edited(base_path, edit, name):
+            j = json.load(open(base_path, encoding="utf-8"))
+            j.update(edit)
+            p = os.path.join(tmp, name + ".json")
+            with open(p, "w", encoding="utf-8") as f:
+                json.dump(j, f, ensure_ascii=False)
+            return p
+
+        for name, (base, edit) in EDITS.items():
+            jobs.append((name, {"base": base, "edit": edit}, edited(os.path.join(data, base), edit, name)))
+        for name in TRAINED:
+            if name in TRAINED_EDITS:
+                base, edit = TRAINED_EDITS[name]
+                src = os.path.join(args.out, base[1:] + ".tokenizer.json")
+                jobs.append((name, {"file": base[1:] + ".tokenizer.json", "edit": edit}, edited(src, edit, name)))
+            else:
+                jobs.append((name, {"file": name + ".tokenizer.json", "edit": {}},
+                             os.path.join(args.out, name + ".tokenizer.json")))
+        for name, head, path in jobs:
+            t = Tokenizer.from_file(path)
+            ids = [t.encode(x, add_special_tokens=False).ids for x in strings]
+            dec = [t.decode(v, skip_special_tokens=False) for v in ids]
+            decoded = {str(i): d for i, (d, s) in enumerate(zip(dec, strings)) if d != s}
+            doc = dict(head)
+            doc.update({"reference": version, "n_strings": len(strings),
+                        "with_special": {"text": PROBE, "ids": t.encode(PROBE, add_special_tokens=True).ids},
+                        "decoded": decoded})
+            dump_golden(os.path.join(args.out, name + ".json"), doc, ids)
+            print(f"{name:20s} {sum(map(len, ids)):7d} ids, {len(decoded):3d} strings not round-tripping")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

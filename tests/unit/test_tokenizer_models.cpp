@@ -1,0 +1,131 @@
+// The Unigram and WordPiece models and the Unicode normalizers of tokenizer.json, on small hand-written
+// files whose results follow from the algorithms' definitions (the Unigram cases are the worked examples
+// of HF tokenizers' own documentation). The reference comparisons on real text are in
+// test_tokenizer_goldens.cpp (TokenizerVariant).
+#include "common.hpp"
+#include "mlxterp/error.hpp"
+#include "mlxterp/tokenizer.hpp"
+#include "mlxterp/util.hpp"
+
+using namespace mlxterp;
+using namespace mlxterp::test;
+using nlohmann::json;
+
+namespace {
+
+std::shared_ptr<Tokenizer> load_json(const TempDir& tmp, const json& j) {
+  const std::string path = tmp.file("tokenizer.json");
+  write_file_atomic(path, j.dump());
+  return load_tokenizer(path);
+}
+
+json unigram(const std::vector<std::pair<std::string, double>>& pieces, json unk_id, bool byte_fallback = false) {
+  json v = json::array();
+  for (const auto& [p, s] : pieces) v.push_back({p, s});
+  return {{"model", {{"type", "Unigram"}, {"unk_id", unk_id}, {"vocab", v}, {"byte_fallback", byte_fallback}}}};
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(TokenizerModels, UnigramTakesTheBestScoringPathAndFusesUnknowns) {
+  TempDir tmp;
+  auto tok = load_json(tmp, unigram({{"<unk>", 0}, {"a", 0}, {"b", 0}, {"c", 0}, {"d", 0}, {"cd", 1}, {"ab", 2},
+                                     {"abc", 5}, {"abcd", 10}},
+                                    0));
+  EXPECT_EQ(tok->kind(), "hf-unigram");
+  // abcd (10) beats abc + d (5) and ab + cd (3); "xx" is two unknown characters fused into one <unk>.
+  EXPECT_EQ(tok->encode("abcdacdxx"), (std::vector<int32_t>{8, 1, 5, 0}));
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{8, 1, 5}), "abcd a cd");  // no decoder: pieces joined by spaces
+
+  auto t2 = load_json(tmp, unigram({{"<unk>", 0}, {"ab", 0}, {"cd", -0.1}, {"abc", -0.2}, {"a", -0.3}, {"b", -0.4},
+                                    {"c", -0.5}},
+                                   0));
+  EXPECT_EQ(t2->encode("abcd"), (std::vector<int32_t>{1, 2}));  // ab + cd = -0.1 beats abc + <unk> (d)
+  EXPECT_EQ(t2->encode("abcc"), (std::vector<int32_t>{3, 6}));   // abc + c = -0.7 beats ab + c + c = -1.0
+  EXPECT_EQ(t2->encode("xabc"), (std::vector<int32_t>{0, 3}));
+}
+
+TEST(TokenizerModels, UnigramByteFallbackAndMissingUnk) {
+  TempDir tmp;
+  std::vector<std::pair<std::string, double>> pieces{{"<unk>", 0}, {"a", -1}};
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    pieces.emplace_back(name, -5);
+  }
+  auto tok = load_json(tmp, unigram(pieces, 0, true));
+  // "é" (C3 A9) is not a piece: its bytes instead of <unk>.
+  EXPECT_EQ(tok->encode("a\xC3\xA9"), (std::vector<int32_t>{1, 2 + 0xC3, 2 + 0xA9}));
+
+  auto no_unk = load_json(tmp, unigram({{"a", 0}, {"b", -1}}, json()));
+  EXPECT_EQ(no_unk->encode("ab"), (std::vector<int32_t>{0, 1}));
+  const std::string err = error_of([&] { no_unk->encode("abz"); });
+  EXPECT_NE(err.find("not in the Unigram vocabulary and the model has no unk_id"), std::string::npos) << err;
+
+  const std::string bad = error_of([&] { load_json(tmp, unigram({{"a", 0}}, 3)); });
+  EXPECT_NE(bad.find("unk_id 3 is outside the vocabulary"), std::string::npos) << bad;
+  json broken = unigram({{"a", 0}}, 0);
+  broken["model"]["vocab"][0] = "a";
+  const std::string bad2 = error_of([&] { load_json(tmp, broken); });
+  EXPECT_NE(bad2.find("expected [piece, score]"), std::string::npos) << bad2;
+}
+
+TEST(TokenizerModels, WordPieceGreedyLongestMatchFirst) {
+  TempDir tmp;
+  json j = {{"model",
+             {{"type", "WordPiece"},
+              {"unk_token", "[UNK]"},
+              {"continuing_subword_prefix", "##"},
+              {"max_input_chars_per_word", 12},
+              {"vocab", {{"[UNK]", 0}, {"ba", 1}, {"##na", 2}, {"un", 3}, {"##aff", 4}, {"##able", 5}, {"unaff", 6},
+                         {"!", 7}}}}},
+            {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+            {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}}};
+  auto tok = load_json(tmp, j);
+  EXPECT_EQ(tok->kind(), "hf-wordpiece");
+  EXPECT_EQ(tok->encode("banana"), (std::vector<int32_t>{1, 2, 2}));
+  EXPECT_EQ(tok->encode("unaffable!"), (std::vector<int32_t>{6, 5, 7}));  // longest first: unaff, not un + ##aff
+  EXPECT_EQ(tok->encode("nanana"), (std::vector<int32_t>{0}));            // no piece starts the word
+  EXPECT_EQ(tok->encode("banan"), (std::vector<int32_t>{0}));             // a remainder nothing matches
+  EXPECT_EQ(tok->encode("bananananana"), (std::vector<int32_t>{1, 2, 2, 2, 2, 2}));
+  EXPECT_EQ(tok->encode("banananananana"), (std::vector<int32_t>{0}));  // 14 characters > 12
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{6, 5, 7, 1, 2}), "unaffable! bana");  // cleanup: " !" -> "!"
+
+  j["model"]["unk_token"] = "[MISSING]";
+  auto no_unk = load_json(tmp, j);
+  const std::string err = error_of([&] { no_unk->encode("zzz"); });
+  EXPECT_NE(err.find("unk_token \"[MISSING]\""), std::string::npos) << err;
+}
+
+TEST(TokenizerModels, UnicodeNormalizersBeforeTheModel) {
+  TempDir tmp;
+  // A WordLevel-like WordPiece vocabulary makes the normalized text visible in the ids.
+  json j = {{"model",
+             {{"type", "WordPiece"},
+              {"unk_token", "[UNK]"},
+              {"vocab", {{"[UNK]", 0}, {"\xC3\xA9", 1}, {"e", 2}, {"##\xCC\x81", 3}, {"fi", 4}, {"i\xCC\x87", 5}}}}},
+            {"pre_tokenizer", {{"type", "WhitespaceSplit"}}}};
+  auto with = [&](json norm) {
+    j["normalizer"] = norm;
+    return load_json(tmp, j);
+  };
+  const std::string composed = "\xC3\xA9", decomposed = "e\xCC\x81", ligature = "\xEF\xAC\x81";  // é, e + ´, ﬁ
+  EXPECT_EQ(with({{"type", "NFC"}})->encode(decomposed), (std::vector<int32_t>{1}));
+  EXPECT_EQ(with({{"type", "NFD"}})->encode(composed), (std::vector<int32_t>{2, 3}));
+  EXPECT_EQ(with({{"type", "NFC"}})->encode(ligature), (std::vector<int32_t>{0}));  // canonical: ﬁ stays
+  EXPECT_EQ(with({{"type", "NFKC"}})->encode(ligature), (std::vector<int32_t>{4}));
+  EXPECT_EQ(with({{"type", "Lowercase"}})->encode("\xC4\xB0"), (std::vector<int32_t>{5}));  // İ -> i + dot above
+  EXPECT_EQ(with({{"type", "BertNormalizer"}, {"lowercase", true}})->encode("\xC3\x89"),
+            (std::vector<int32_t>{2}));  // É: accents stripped with lowercase (strip_accents unset)
+  const std::string err = error_of([&] { with({{"type", "Precompiled"}, {"precompiled_charsmap", ""}}); });
+  EXPECT_NE(err.find("normalizer"), std::string::npos) << err;
+}
+
+}  // namespace
