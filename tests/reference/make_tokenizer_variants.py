@@ -16,6 +16,8 @@ the reference. Two kinds of variant:
     <name>.tokenizer.json (a few hundred pieces each; the committed file is the fixture, the
     training only made it).
 
+Also gguf-pre.json: ids for every GGUF tokenizer.ggml.pre name we map to split regexes (see GGUF_PRE).
+
 Output: extra_strings.json (normalization-specific strings appended to ../strings.json) and one
 <name>.json per variant: {"base" or "file", "edit", "reference", "n_strings", "with_special",
 "decoded", "ids"} in the format of make_tokenizer_goldens.py.
@@ -114,6 +116,66 @@ TRAINED_EDITS = {
 }
 
 
+# GGUF tokenizer.ggml.pre names (llama.cpp's) -> the split regexes of the source tokenizer.json (the same
+# table as src/tokenizer/gguf_vocab.cpp). Reference: the shared gpt2 tokenizer.json with its pre-tokenizer
+# replaced by these Splits (Isolated) + ByteLevel(use_regex=false), and ignore_merges where marked; the
+# test runs our loader on the shared vocab-only gpt-2 GGUF with tokenizer.ggml.pre rewritten to each name.
+GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+TEKKEN = r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+GPT4O = r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+SEED = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"""
+BAILING = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+DSV3 = r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# Non-ASCII classes as \x{...} escapes (PCRE2 and Oniguruma both read them), exactly as in the C++ table.
+DS_LETTERS = r"""\s?[A-Za-z\x{B5}\x{C0}-\x{D6}\x{D8}-\x{F6}\x{F8}-\x{1BA}\x{1BC}-\x{1BF}\x{1C4}-\x{293}\x{295}-\x{2AF}\x{370}-\x{373}\x{376}\x{377}\x{37B}-\x{37D}\x{37F}\x{386}\x{388}-\x{38A}\x{38C}\x{38E}-\x{3A1}\x{3A3}-\x{3F5}\x{3F7}-\x{481}\x{48A}-\x{52F}\x{531}-\x{556}\x{10A0}-\x{10C5}\x{13A0}-\x{13F5}\x{13F8}-\x{13FD}\x{1C90}-\x{1CBA}\x{1CBD}-\x{1CBF}\x{1D00}-\x{1D2B}\x{1D6B}-\x{1D77}\x{1D79}-\x{1D9A}\x{1E00}-\x{1F15}\x{1F18}-\x{1F1D}\x{1F20}-\x{1F45}\x{1F48}-\x{1F4D}\x{1F50}-\x{1F57}\x{1F59}\x{1F5B}\x{1F5D}\x{1F5F}-\x{1F7D}\x{1F80}-\x{1FB4}\x{1FB6}-\x{1FBC}\x{1FBE}\x{1FC2}-\x{1FC4}\x{1FC6}-\x{1FCC}\x{1FD0}-\x{1FD3}\x{1FD6}-\x{1FDB}\x{1FE0}-\x{1FEC}\x{1FF2}-\x{1FF4}\x{1FF6}-\x{1FFC}\x{2102}\x{2107}\x{210A}-\x{2113}\x{2115}\x{2119}-\x{211D}\x{2124}\x{2126}\x{2128}\x{212A}-\x{212D}\x{212F}-\x{2134}\x{2139}\x{213C}-\x{213F}\x{2145}-\x{2149}\x{214E}\x{2183}\x{2184}\x{2C00}-\x{2C7B}\x{2C7E}-\x{2CE4}\x{2CEB}-\x{2CEE}\x{2CF2}\x{2CF3}\x{A640}-\x{A66D}\x{A680}-\x{A69B}\x{A722}-\x{A76F}\x{A771}-\x{A787}\x{A78B}-\x{A78E}\x{AB70}-\x{ABBF}\x{FB00}-\x{FB06}\x{FB13}-\x{FB17}\x{FF21}-\x{FF3A}\x{FF41}-\x{FF5A}\x{10400}-\x{1044F}\x{104B0}-\x{104D3}\x{104D8}-\x{104FB}\x{10C80}-\x{10CB2}\x{10CC0}-\x{10CF2}\x{118A0}-\x{118DF}\x{1E900}-\x{1E943}]+"""
+DS_PUNCT = r"""\s?[!-/:-~\x{FF01}-\x{FF0F}\x{FF1A}-\x{FF5E}\x{2018}-\x{201F}\x{3000}-\x{3002}]+"""
+CJK_HANGUL = r"""[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+"""
+CJK_KANA = r"""[\x{4E00}-\x{9FA5}\x{3040}-\x{309F}\x{30A0}-\x{30FF}]+"""
+PORO = r""" ?[^(\s|.,!?\x{2026}\x{3002}\x{FF0C}\x{3001}\x{964}\x{6D4}\x{60C})]+"""
+GGUF_PRE = [  # (names, regexes, ignore_merges)
+    (["default", "gpt-2", "gpt2", "mpt", "olmo", "jais", "phi-2", "trillion"], [GPT2], False),
+    (["llama3", "llama-bpe", "llama-v3"], [LLAMA3], True),
+    (["smaug-bpe", "dbrx", "chatglm-bpe", "glm4"], [LLAMA3], False),
+    (["qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "hunyuan", "grok-2"], [QWEN2], False),
+    (["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"], [r"\p{N}", GPT2], False),
+    (["falcon"], [r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"], False),
+    (["deepseek-coder"], ["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", CJK_HANGUL, r"\p{N}"], False),
+    (["deepseek-llm"], ["[\r\n]", DS_LETTERS, DS_PUNCT, r"\s+$", CJK_HANGUL, r"\p{N}+"], False),
+    (["deepseek-v3"], [r"\p{N}{1,3}", CJK_KANA, DSV3], False),
+    (["poro-chat", "bloom", "gpt3-finnish"], [PORO], False),
+    (["viking"], [PORO, r"\p{N}"], False),
+    (["tekken"], [TEKKEN], True),
+    (["gpt-4o", "llama4"], [GPT4O], False),
+    (["seed-coder"], [SEED], False),
+    (["bailingmoe"], [BAILING], False),
+]
+
+
+def gguf_pre_goldens(data, strings, out_path):
+    from tokenizers import Tokenizer
+
+    base = json.load(open(os.path.join(data, "tokenizers/gpt2/tokenizer.json"), encoding="utf-8"))
+    subset = strings[::3]
+    groups = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for names, regexes, ignore_merges in GGUF_PRE:
+            j = json.loads(json.dumps(base))
+            j["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False} for r in regexes] + [
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+            j["model"]["ignore_merges"] = ignore_merges
+            path = os.path.join(tmp, "t.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(j, f, ensure_ascii=False)
+            t = Tokenizer.from_file(path)
+            groups.append({"names": names, "ids": [t.encode(x, add_special_tokens=False).ids for x in subset]})
+    with open(out_path, "w", encoding="utf-8") as f:
+        f.write('{"gguf": "vocab-gguf/ggml-vocab-gpt-2.gguf", "strings": "every 3rd of strings.json + extra_strings.json",\n'
+                '"groups": [\n' + ",\n".join(json.dumps(g, separators=(",", ":")) for g in groups) + "\n]}\n")
+
+
 def dump_golden(path, doc, ids):
     with open(path, "w", encoding="utf-8") as f:
         f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False, separators=(',', ':'))}"
@@ -178,6 +240,8 @@ def main():
                         "decoded": decoded})
             dump_golden(os.path.join(args.out, name + ".json"), doc, ids)
             print(f"{name:20s} {sum(map(len, ids)):7d} ids, {len(decoded):3d} strings not round-tripping")
+    gguf_pre_goldens(data, strings, os.path.join(args.out, "gguf-pre.json"))
+    print("gguf-pre.json: " + ", ".join(n[0][0] for n in GGUF_PRE))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 #include "mlxterp/error.hpp"
 #include "mlxterp/tokenizer.hpp"
 #include "mlxterp/util.hpp"
+#include "mlxterp/io.hpp"
+#include "test_io_util.hpp"
 
 using namespace mlxterp;
 using namespace mlxterp::test;
@@ -138,6 +140,56 @@ INSTANTIATE_TEST_SUITE_P(Reference, TokenizerVariant,
                              if (!isalnum(uint8_t(c))) c = '_';
                            return s;
                          });
+
+// Every GGUF tokenizer.ggml.pre name we map to split regexes, on the shared gpt-2 vocabulary with the name
+// rewritten: the ids of HF tokenizers running the same regexes on the same vocabulary (gguf-pre.json).
+TEST(TokenizerVariant, GgufPreTokenizerNamesMatchReference) {
+  const auto golden = nlohmann::json::parse(read_file(golden_path("tokenizers/variants/gguf-pre.json")));
+  const std::string file = golden["gguf"].get<std::string>();
+  MLXTERP_REQUIRE_DATA(file);
+  const GGUFFile g = GGUFFile::open(data_path(file));
+  std::vector<std::string> subset;
+  for (size_t i = 0; i < variant_strings().size(); i += 3) subset.push_back(variant_strings()[i]);
+  TempDir tmp;
+  size_t names = 0;
+  for (const auto& group : golden["groups"]) {
+    ASSERT_EQ(group["ids"].size(), subset.size()) << "gguf-pre.json and the strings disagree; regenerate both";
+    for (const auto& name_j : group["names"]) {
+      const std::string name = name_j.get<std::string>();
+      GGUFBuilder b;
+      for (const auto& [k, v] : g.metadata())
+        if (k != "tokenizer.ggml.pre") b.add(k, v);
+      b.add_str("tokenizer.ggml.pre", name);
+      const std::string path = tmp.file(name + ".gguf");
+      write_bytes(path, b.build());
+      auto tok = load_tokenizer(path);
+      size_t failures = 0;
+      for (size_t i = 0; i < subset.size(); ++i) {
+        const auto expected = group["ids"][i].get<std::vector<int32_t>>();
+        const auto got = tok->encode(subset[i], {.add_special = false});
+        if (got != expected && ++failures <= 3)
+          ADD_FAILURE() << "pre " << name << ": " << show(subset[i]) << "\n  expected " << show_ids(expected)
+                        << "\n  got      " << show_ids(got);
+      }
+      EXPECT_EQ(failures, 0u) << "tokenizer.ggml.pre " << name;
+      ++names;
+    }
+  }
+  EXPECT_GE(names, 40u);
+  // An unknown name is an error listing the known ones, not a silent fallback.
+  GGUFBuilder b;
+  for (const auto& [k, v] : g.metadata())
+    if (k != "tokenizer.ggml.pre") b.add(k, v);
+  b.add_str("tokenizer.ggml.pre", "no-such-pre");
+  write_bytes(tmp.file("bad.gguf"), b.build());
+  try {
+    load_tokenizer(tmp.file("bad.gguf"));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("\"no-such-pre\" is not supported; expected one of"), std::string::npos)
+        << e.what();
+  }
+}
 
 TEST(TokenizerGolden, EnoughVariedStrings) {
   const auto& s = strings();
