@@ -8,13 +8,13 @@ OUT=${OUT:-$ROOT/gpu-out}
 BUILD=${BUILD_DIR:-$ROOT/build-cuda}
 VAR=$1 VALUES=$2
 shift 2
-# PCRE2 from .gpu-deps (as run_gpu.sh links it).
-SO=$(find "$ROOT/.gpu-deps" -name 'libpcre2-8.so*' -type f 2>/dev/null | sort | tail -1)
-if [[ -n "$SO" ]]; then
-  LIB=$(mktemp -d)
-  ln -sf "$SO" "$LIB/libpcre2-8.so.0"
-  export LD_LIBRARY_PATH="$LIB:${LD_LIBRARY_PATH:-}"
-fi
+# PCRE2 and utf8proc from .gpu-deps (as run_gpu.sh links them).
+LIB=$(mktemp -d)
+for pair in "pcre2-8:libpcre2-8.so.0" "utf8proc:libutf8proc.so.2"; do
+  SO=$(find "$ROOT/.gpu-deps" -name "lib${pair%%:*}.so*" -type f 2>/dev/null | sort | tail -1)
+  [[ -n "$SO" ]] && ln -sf "$SO" "$LIB/${pair#*:}"
+done
+export LD_LIBRARY_PATH="$LIB:${LD_LIBRARY_PATH:-}"
 CASES=()
 for c in "$@"; do CASES+=(--case "$c"); done
 {
