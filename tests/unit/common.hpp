@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <cstdio>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -34,6 +35,16 @@ inline at::Device test_device() {
       GTEST_SKIP() << "shared data not found: " << ::mlxterp::test::data_path(rel)                      \
                    << " (these tests read ../shared/data; set MLXTERP_DATA_DIR to run them)";           \
   } while (0)
+
+// The message of the mlxterp::Error that f() throws, or "(no error)".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
 
 // A scratch directory removed at the end of the test.
 struct TempDir {

@@ -7,6 +7,7 @@
 #include "mlxterp/sae_config.hpp"
 
 using namespace mlxterp;
+using mlxterp::test::error_of;
 using ::testing::HasSubstr;
 
 namespace {
@@ -71,15 +72,6 @@ const Bad kBad[] = {
     {"wandb_name", "[1]", "wandb_name must be a string, got [1]"},
     {"wandb_tags", "[1,2]", "wandb_tags must be a list of strings or null, got [1,2]"},
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 TEST(SaeConfig, EveryFieldHasAnInvalidValueTest) {
   std::set<std::string> tested;

@@ -54,15 +54,6 @@ void expect_same_function(const SAE& a, const SAE& b, const std::string& what) {
   EXPECT_LT(max_abs_diff(xa, b.decode(za)), 1e-5 * (1 + xa.abs().max().item<double>())) << what;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 TEST(SaeIO, NativeRoundTrip) {
   TempDir tmp;
   for (SaeArch arch : {SaeArch::TopK, SaeArch::BatchTopK, SaeArch::JumpReLU, SaeArch::ReLU}) {

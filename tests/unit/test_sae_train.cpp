@@ -75,15 +75,6 @@ SaeTrainOptions quiet_opts(const std::string& out) {
   return o;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 TEST(SaeData, CorpusFormats) {
   TempDir t;
   write_file_atomic(t.file("a.txt"), "One story.\nSecond line.\n\n  \nTwo\n\n\nThree\n");

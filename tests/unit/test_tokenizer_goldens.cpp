@@ -24,6 +24,30 @@ const std::vector<std::string>& strings() {
   return s;
 }
 
+// Every string's ids equal the golden's, and decode(ids) its "decoded" entry (else the string itself).
+void expect_ids_and_decodes(const Tokenizer& tok, const nlohmann::json& golden, const std::vector<std::string>& strs,
+                            const std::string& name) {
+  size_t id_failures = 0, decode_failures = 0;
+  for (size_t i = 0; i < strs.size(); ++i) {
+    const auto expected = golden["ids"][i].get<std::vector<int32_t>>();
+    const auto got = tok.encode(strs[i], {.add_special = false});
+    if (got != expected) {
+      if (++id_failures <= 10)
+        ADD_FAILURE() << name << " string " << i << " " << show(strs[i]) << "\n  expected " << show_ids(expected)
+                      << "\n  got      " << show_ids(got);
+      continue;
+    }
+    const std::string key = std::to_string(i);
+    const std::string want = golden["decoded"].contains(key) ? golden["decoded"][key].get<std::string>() : strs[i];
+    const std::string dec = tok.decode(got);
+    if (dec != want && ++decode_failures <= 10)
+      ADD_FAILURE() << name << " decode of string " << i << " " << show(strs[i]) << "\n  expected " << show(want)
+                    << "\n  got      " << show(dec);
+  }
+  EXPECT_EQ(id_failures, 0u) << "strings whose ids differ from the reference";
+  EXPECT_EQ(decode_failures, 0u) << "strings whose decode differs from the reference";
+}
+
 class TokenizerGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TokenizerGolden, IdsAndDecodeMatchReference) {
@@ -34,25 +58,7 @@ TEST_P(TokenizerGolden, IdsAndDecodeMatchReference) {
   const auto& strs = strings();
   ASSERT_EQ(golden["ids"].size(), strs.size()) << "golden and strings.json disagree; regenerate both";
   ASSERT_EQ(golden["n_strings"].get<size_t>(), strs.size());
-  size_t id_failures = 0, decode_failures = 0;
-  for (size_t i = 0; i < strs.size(); ++i) {
-    const auto expected = golden["ids"][i].get<std::vector<int32_t>>();
-    const auto got = tok->encode(strs[i], {.add_special = false});
-    if (got != expected) {
-      if (++id_failures <= 10)
-        ADD_FAILURE() << GetParam() << " string " << i << " " << show(strs[i]) << "\n  expected " << show_ids(expected)
-                      << "\n  got      " << show_ids(got);
-      continue;
-    }
-    const std::string key = std::to_string(i);
-    const std::string want = golden["decoded"].contains(key) ? golden["decoded"][key].get<std::string>() : strs[i];
-    const std::string dec = tok->decode(got);
-    if (dec != want && ++decode_failures <= 10)
-      ADD_FAILURE() << GetParam() << " decode of string " << i << " " << show(strs[i]) << "\n  expected " << show(want)
-                    << "\n  got      " << show(dec);
-  }
-  EXPECT_EQ(id_failures, 0u) << "strings whose ids differ from the reference";
-  EXPECT_EQ(decode_failures, 0u) << "strings whose decode differs from the reference";
+  expect_ids_and_decodes(*tok, golden, strs, GetParam());
   if (!golden["with_special"].is_null()) {
     const auto& ws = golden["with_special"];
     EXPECT_EQ(tok->encode(ws["text"].get<std::string>()), ws["ids"].get<std::vector<int32_t>>())
@@ -106,25 +112,7 @@ TEST_P(TokenizerVariant, IdsAndDecodeMatchReference) {
   auto tok = load_tokenizer(path);
   const auto& strs = variant_strings();
   ASSERT_EQ(golden["ids"].size(), strs.size()) << "golden and the strings disagree; regenerate both";
-  size_t id_failures = 0, decode_failures = 0;
-  for (size_t i = 0; i < strs.size(); ++i) {
-    const auto expected = golden["ids"][i].get<std::vector<int32_t>>();
-    const auto got = tok->encode(strs[i], {.add_special = false});
-    if (got != expected) {
-      if (++id_failures <= 10)
-        ADD_FAILURE() << GetParam() << " string " << i << " " << show(strs[i]) << "\n  expected " << show_ids(expected)
-                      << "\n  got      " << show_ids(got);
-      continue;
-    }
-    const std::string key = std::to_string(i);
-    const std::string want = golden["decoded"].contains(key) ? golden["decoded"][key].get<std::string>() : strs[i];
-    const std::string dec = tok->decode(got);
-    if (dec != want && ++decode_failures <= 10)
-      ADD_FAILURE() << GetParam() << " decode of string " << i << " " << show(strs[i]) << "\n  expected " << show(want)
-                    << "\n  got      " << show(dec);
-  }
-  EXPECT_EQ(id_failures, 0u) << "strings whose ids differ from the reference";
-  EXPECT_EQ(decode_failures, 0u) << "strings whose decode differs from the reference";
+  expect_ids_and_decodes(*tok, golden, strs, GetParam());
   const auto& ws = golden["with_special"];
   EXPECT_EQ(tok->encode(ws["text"].get<std::string>()), ws["ids"].get<std::vector<int32_t>>())
       << "the post-processor template differs from the reference";

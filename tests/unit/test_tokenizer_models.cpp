@@ -25,15 +25,6 @@ json unigram(const std::vector<std::pair<std::string, double>>& pieces, json unk
   return {{"model", {{"type", "Unigram"}, {"unk_id", unk_id}, {"vocab", v}, {"byte_fallback", byte_fallback}}}};
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 TEST(TokenizerModels, UnigramTakesTheBestScoringPathAndFusesUnknowns) {
   TempDir tmp;
   auto tok = load_json(tmp, unigram({{"<unk>", 0}, {"a", 0}, {"b", 0}, {"c", 0}, {"d", 0}, {"cd", 1}, {"ab", 2},
