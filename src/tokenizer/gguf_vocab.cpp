@@ -47,7 +47,7 @@ constexpr const char* kCjkHangul = R"([\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}
 constexpr const char* kCjkKana = R"([\x{4E00}-\x{9FA5}\x{3040}-\x{309F}\x{30A0}-\x{30FF}]+)";
 constexpr const char* kPoroPattern = R"( ?[^(\s|.,!?\x{2026}\x{3002}\x{FF0C}\x{3001}\x{964}\x{6D4}\x{60C})]+)";
 
-const PreInfo* pre_info(const std::string& pre) {
+const std::map<std::string, const PreInfo*>& pre_table() {
   static const PreInfo gpt2{{kGpt2Pattern}}, llama3{{kLlama3Pattern}, true, true}, qwen2{{kQwen2Pattern}},
       dbrx{{kLlama3Pattern}}, starcoder{{R"(\p{N})", kGpt2Pattern}},
       falcon{{R"([\p{P}\$\+<=>\^~\|`]+)", kGpt2Pattern, "[0-9][0-9][0-9]"}},
@@ -71,15 +71,18 @@ const PreInfo* pre_info(const std::string& pre) {
       {"bloom", &poro},         {"gpt3-finnish", &poro},    {"viking", &viking},
       {"tekken", &tekken},      {"gpt-4o", &gpt4o},         {"llama4", &gpt4o},
       {"seed-coder", &seed_coder}, {"bailingmoe", &bailing}};
-  auto it = table.find(pre);
-  return it == table.end() ? nullptr : it->second;
+  return table;
+}
+
+const PreInfo* pre_info(const std::string& pre) {
+  auto it = pre_table().find(pre);
+  return it == pre_table().end() ? nullptr : it->second;
 }
 
 std::string supported_pre_names() {
-  return "default, gpt-2, mpt, olmo, jais, phi-2, trillion, llama3, llama-bpe, llama-v3, smaug-bpe, dbrx, chatglm-bpe, "
-         "glm4, qwen2, deepseek-r1-qwen, stablelm2, megrez, hunyuan, grok-2, starcoder, refact, command-r, smollm, "
-         "codeshell, exaone, minerva-7b, falcon, deepseek-coder, deepseek-llm, deepseek-v3, poro-chat, bloom, "
-         "gpt3-finnish, viking, tekken, gpt-4o, llama4, seed-coder, bailingmoe";
+  std::string names;
+  for (const auto& [name, info] : pre_table()) names += (names.empty() ? "" : ", ") + name;
+  return names;
 }
 
 }  // namespace

@@ -318,7 +318,8 @@ std::shared_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
     for (const auto& e : v) {
       MLXTERP_CHECK(e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_number(), path, ": Unigram vocab entry ",
                     e.dump(), "; expected [piece, score]");
-      spec.model_vocab[e[0].get<std::string>()] = int32_t(spec.unigram_scores.size());
+      spec.model_vocab[e[0].get<std::string>()] = int32_t(spec.vocab.size());
+      spec.vocab.push_back(e[0].get<std::string>());  // by position: equal pieces keep their own ids
       spec.unigram_scores.push_back(e[1].get<double>());
     }
     max_id = int32_t(spec.unigram_scores.size()) - 1;
@@ -344,13 +345,9 @@ std::shared_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
       spec.added.push_back(std::move(t));
     }
   }
-  spec.vocab.resize(size_t(max_id + 1));
-  if (mtype == "Unigram") {
-    const json& v = m["vocab"];
-    for (size_t i = 0; i < v.size(); ++i) spec.vocab[i] = v[i][0].get<std::string>();
-  } else {
+  spec.vocab.resize(size_t(max_id + 1));  // a Unigram vocabulary is already in place (ids are positions)
+  if (mtype != "Unigram")
     for (const auto& [piece, id] : spec.model_vocab) spec.vocab[id] = piece;
-  }
   for (const auto& a : spec.added) spec.vocab[a.id] = a.content;
   StringIdMap ids = spec.model_vocab;
   for (const auto& a : spec.added) ids[a.content] = a.id;

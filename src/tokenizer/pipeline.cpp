@@ -168,8 +168,7 @@ PipelineTokenizer::PipelineTokenizer(PipelineSpec spec) : spec_(std::move(spec))
   raw_added_ = AddedMatcher(std::move(raw));
   normalized_added_ = AddedMatcher(std::move(normalized));
   if (spec_.unigram) {
-    std::vector<std::string> pieces(spec_.vocab.begin(), spec_.vocab.begin() + spec_.unigram_scores.size());
-    unigram_ = std::make_unique<UnigramModel>(pieces, spec_.unigram_scores, spec_.unk_id,
+    unigram_ = std::make_unique<UnigramModel>(spec_.vocab, spec_.model_vocab, spec_.unigram_scores, spec_.unk_id,
                                               spec_.merge_options.byte_fallback, spec_.source);
   } else if (spec_.wordpiece) {
     wordpiece_ = std::make_unique<WordPieceModel>(spec_.model_vocab, spec_.wordpiece_unk, spec_.wordpiece_prefix,

@@ -12,21 +12,19 @@ namespace mlxterp::tok {
 
 // ---- Unigram ------------------------------------------------------------------------------------------
 
-UnigramModel::UnigramModel(const std::vector<std::string>& pieces, std::vector<double> scores, int32_t unk_id,
-                           bool byte_fallback, std::string where)
-    : scores_(std::move(scores)), unk_id_(unk_id), byte_fallback_(byte_fallback), where_(std::move(where)) {
-  MLXTERP_CHECK(scores_.size() == pieces.size(), where_, ": ", pieces.size(), " Unigram pieces but ", scores_.size(),
+UnigramModel::UnigramModel(const std::vector<std::string>& pieces, const StringIdMap& vocab, std::vector<double> scores,
+                           int32_t unk_id, bool byte_fallback, std::string where)
+    : ids_(vocab), scores_(std::move(scores)), unk_id_(unk_id), byte_fallback_(byte_fallback), where_(std::move(where)) {
+  const size_t n = scores_.size();
+  MLXTERP_CHECK(pieces.size() >= n, where_, ": ", pieces.size(), " Unigram pieces but ", n,
                 " scores; expected one score per piece");
-  MLXTERP_CHECK(!pieces.empty(), where_, ": the Unigram vocabulary is empty; expected at least <unk>");
-  MLXTERP_CHECK(unk_id_ < int32_t(pieces.size()), where_, ": Unigram unk_id ", unk_id_, " is past the vocabulary (",
-                pieces.size(), " pieces)");
+  MLXTERP_CHECK(n > 0, where_, ": the Unigram vocabulary is empty; expected at least <unk>");
+  MLXTERP_CHECK(unk_id_ < int32_t(n), where_, ": Unigram unk_id ", unk_id_, " is past the vocabulary (", n, " pieces)");
   min_score_ = std::numeric_limits<double>::infinity();
   terminal_.push_back(-1);  // the root
-  ids_.reserve(pieces.size() * 2);
-  for (size_t id = 0; id < pieces.size(); ++id) {
+  for (size_t id = 0; id < n; ++id) {
     min_score_ = std::min(min_score_, scores_[id]);
     const std::string& p = pieces[id];
-    ids_[p] = int32_t(id);
     if (p.empty()) continue;  // an empty piece never matches text
     int32_t node = 0;
     for (unsigned char c : p) {
@@ -40,11 +38,7 @@ UnigramModel::UnigramModel(const std::vector<std::string>& pieces, std::vector<d
     }
     terminal_[node] = int32_t(id);
   }
-  all_bytes_ = true;
-  for (int b = 0; b < 256; ++b) {
-    byte_ids_[b] = find_id(ids_, byte_token_name(uint8_t(b)));
-    if (byte_ids_[b] < 0) all_bytes_ = false;
-  }
+  for (int b = 0; b < 256; ++b) byte_ids_[b] = find_id(ids_, byte_token_name(uint8_t(b)));
 }
 
 void UnigramModel::encode(std::string_view s, std::vector<int32_t>& out) const {
@@ -102,9 +96,8 @@ void UnigramModel::encode(std::string_view s, std::vector<int32_t>& out) const {
     const int32_t id = find_id(ids_, piece);
     if (id >= 0) {
       out.push_back(id);
-    } else if (byte_fallback_ && (all_bytes_ || std::all_of(piece.begin(), piece.end(), [&](char c) {
-                 return byte_ids_[uint8_t(c)] >= 0;
-               }))) {
+    } else if (byte_fallback_ &&
+               std::all_of(piece.begin(), piece.end(), [&](char c) { return byte_ids_[uint8_t(c)] >= 0; })) {
       for (unsigned char c : piece) out.push_back(byte_ids_[c]);
     } else {
       out.push_back(unk_id_);

@@ -23,9 +23,11 @@ namespace mlxterp::tok {
 
 class UnigramModel {
  public:
-  // pieces[id] with scores[id]; unk_id -1 when the model has none (an unknown character is then an error).
-  UnigramModel(const std::vector<std::string>& pieces, std::vector<double> scores, int32_t unk_id, bool byte_fallback,
-               std::string where);
+  // pieces[id] with scores[id] for id < scores.size() (later pieces, such as added tokens, are not the
+  // model's); `vocab` maps each piece to its id (the last of equal pieces) and must outlive the model.
+  // unk_id -1 when the model has none (an unknown character is then an error).
+  UnigramModel(const std::vector<std::string>& pieces, const StringIdMap& vocab, std::vector<double> scores,
+               int32_t unk_id, bool byte_fallback, std::string where);
   // Appends the ids of one pre-tokenized piece.
   void encode(std::string_view s, std::vector<int32_t>& out) const;
 
@@ -36,13 +38,12 @@ class UnigramModel {
   }
   std::vector<int32_t> terminal_;                  // trie node -> piece id (last of equal pieces), or -1
   std::unordered_map<uint64_t, int32_t> edges_;    // (node << 8 | byte) -> child node
-  StringIdMap ids_;                                // piece -> id (last of equal pieces)
+  const StringIdMap& ids_;                         // piece -> id (last of equal pieces)
   std::vector<double> scores_;
   double min_score_ = 0.0;
   int32_t unk_id_;
   bool byte_fallback_;
-  int32_t byte_ids_[256];
-  bool all_bytes_ = false;
+  int32_t byte_ids_[256];  // "<0xXX>" piece ids, -1 where absent
   std::string where_;
 };
 

@@ -48,6 +48,14 @@ void expect_ids_and_decodes(const Tokenizer& tok, const nlohmann::json& golden, 
   EXPECT_EQ(decode_failures, 0u) << "strings whose decode differs from the reference";
 }
 
+// A gtest-safe name for a golden's file name ("gpt2-json" -> "gpt2_json").
+std::string param_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string s = info.param;
+  for (auto& c : s)
+    if (!isalnum(uint8_t(c))) c = '_';
+  return s;
+}
+
 class TokenizerGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TokenizerGolden, IdsAndDecodeMatchReference) {
@@ -71,12 +79,7 @@ INSTANTIATE_TEST_SUITE_P(Reference, TokenizerGolden,
                                            "llama2-bin", "mistral-v1-model", "mistral-v3-model", "unigram-model",
                                            "gguf-gpt2", "gguf-llama-spm", "gguf-phi3", "stories260K-json",
                                            "stories260K-tok512", "stories260K-gguf"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s)
-                             if (!isalnum(uint8_t(c))) c = '_';
-                           return s;
-                         });
+                         param_name);
 
 // tokenizer.json layouts beyond the shared files (tests/golden/tokenizers/variants, made by
 // tests/reference/make_tokenizer_variants.py with HF tokenizers): Unicode normalizers on the shared
@@ -122,12 +125,7 @@ INSTANTIATE_TEST_SUITE_P(Reference, TokenizerVariant,
                          ::testing::Values("gpt2-nfc", "gpt2-nfd", "gpt2-nfkc", "gpt2-nfkd-lower", "gpt2-bertnorm",
                                            "llama3-nfc", "llama2-nfkc-lower", "wordpiece-bert", "wordpiece-cased",
                                            "unigram", "unigram-bytes"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s)
-                             if (!isalnum(uint8_t(c))) c = '_';
-                           return s;
-                         });
+                         param_name);
 
 // Every GGUF tokenizer.ggml.pre name we map to split regexes, on the shared gpt-2 vocabulary with the name
 // rewritten: the ids of HF tokenizers running the same regexes on the same vocabulary (gguf-pre.json).
@@ -139,18 +137,22 @@ TEST(TokenizerVariant, GgufPreTokenizerNamesMatchReference) {
   std::vector<std::string> subset;
   for (size_t i = 0; i < variant_strings().size(); i += 3) subset.push_back(variant_strings()[i]);
   TempDir tmp;
+  // The shared GGUF with tokenizer.ggml.pre rewritten to `name`, written to the scratch directory.
+  auto with_pre = [&](const std::string& name) {
+    GGUFBuilder b;
+    for (const auto& [k, v] : g.metadata())
+      if (k != "tokenizer.ggml.pre") b.add(k, v);
+    b.add_str("tokenizer.ggml.pre", name);
+    const std::string path = tmp.file(name + ".gguf");
+    write_bytes(path, b.build());
+    return path;
+  };
   size_t names = 0;
   for (const auto& group : golden["groups"]) {
     ASSERT_EQ(group["ids"].size(), subset.size()) << "gguf-pre.json and the strings disagree; regenerate both";
     for (const auto& name_j : group["names"]) {
       const std::string name = name_j.get<std::string>();
-      GGUFBuilder b;
-      for (const auto& [k, v] : g.metadata())
-        if (k != "tokenizer.ggml.pre") b.add(k, v);
-      b.add_str("tokenizer.ggml.pre", name);
-      const std::string path = tmp.file(name + ".gguf");
-      write_bytes(path, b.build());
-      auto tok = load_tokenizer(path);
+      auto tok = load_tokenizer(with_pre(name));
       size_t failures = 0;
       for (size_t i = 0; i < subset.size(); ++i) {
         const auto expected = group["ids"][i].get<std::vector<int32_t>>();
@@ -165,13 +167,8 @@ TEST(TokenizerVariant, GgufPreTokenizerNamesMatchReference) {
   }
   EXPECT_GE(names, 40u);
   // An unknown name is an error listing the known ones, not a silent fallback.
-  GGUFBuilder b;
-  for (const auto& [k, v] : g.metadata())
-    if (k != "tokenizer.ggml.pre") b.add(k, v);
-  b.add_str("tokenizer.ggml.pre", "no-such-pre");
-  write_bytes(tmp.file("bad.gguf"), b.build());
   try {
-    load_tokenizer(tmp.file("bad.gguf"));
+    load_tokenizer(with_pre("no-such-pre"));
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("\"no-such-pre\" is not supported; expected one of"), std::string::npos)
