@@ -160,6 +160,58 @@ __device__ __forceinline__ void gather_split_bf16(const uint16_t* p, int c, int 
   }
 }
 
+// ---- bfloat16 Adam moments (sae_kernels.hpp: moment_hash, round_bf16_stochastic) ------------------------
+
+__device__ __forceinline__ uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+// The stochastic rounding's random bits for flat element i of a moment matrix.
+__device__ __forceinline__ uint32_t moment_hash(uint32_t seed, int64_t i) {
+  return fmix32((uint32_t(i) * 0x9E3779B9u) ^ (seed + uint32_t(uint64_t(i) >> 32) * 0x85EBCA77u));
+}
+// x rounded to bf16 bits: up with probability (discarded bits) / 2^16 for r uniform in [0, 2^16).
+__device__ __forceinline__ uint32_t round_bf16_sr(float x, uint32_t r) {
+  const uint32_t b = __float_as_uint(x);
+  return (b & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : (b + r) >> 16;  // NaN -> the canonical bf16 NaN
+}
+// This thread's elements of a bf16 row (split layout), streamed; groups past d read as 0.
+__device__ __forceinline__ void load_split_bf16_stream(const uint16_t* p, int c, int d, float f[8]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int e = split_offset(c, h);
+    uint2 u = make_uint2(0u, 0u);
+    if (e < d) u = __ldcs(reinterpret_cast<const uint2*>(p + e));
+    f[4 * h] = __uint_as_float(u.x << 16);
+    f[4 * h + 1] = __uint_as_float(u.x & 0xffff0000u);
+    f[4 * h + 2] = __uint_as_float(u.y << 16);
+    f[4 * h + 3] = __uint_as_float(u.y & 0xffff0000u);
+  }
+}
+// m and v of row elements [row0 + split_offset ...] stored stochastically rounded to bf16 (m: the hash's low
+// 16 bits, v: its high 16), streamed.
+__device__ __forceinline__ void store_split_moments_bf16(uint16_t* M, uint16_t* V, int64_t row0, int c, int d,
+                                                         const float m[8], const float v[8], uint32_t seed) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int e = split_offset(c, h);
+    if (e >= d) continue;
+    uint32_t mb[4], vb[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t r = moment_hash(seed, row0 + e + j);
+      mb[j] = round_bf16_sr(m[4 * h + j], r & 0xffffu);
+      vb[j] = round_bf16_sr(v[4 * h + j], r >> 16);
+    }
+    __stcs(reinterpret_cast<uint2*>(M + row0 + e), make_uint2(mb[0] | (mb[1] << 16), mb[2] | (mb[3] << 16)));
+    __stcs(reinterpret_cast<uint2*>(V + row0 + e), make_uint2(vb[0] | (vb[1] << 16), vb[2] | (vb[3] << 16)));
+  }
+}
+
 // ---- row layout ------------------------------------------------------------------------------------------
 // A block works on one row of d elements: thread t owns chunks c = 0..CH-1 of 8 consecutive elements at
 // (c * blockDim.x + t) * 8. CH grows with d so that blockDim.x stays <= 512 (d <= kMaxDim = 16384).

@@ -116,6 +116,15 @@ struct DenseRows {
   const float* gb = nullptr;
 };
 
+// A weight matrix's Adam moments [F, d]: float32, or bf16 (bf16 = true) computed in float32 and stored
+// stochastically rounded with the bits of moment_hash(seed, flat index) (sae_kernels.hpp).
+struct MomentArgs {
+  void* m;
+  void* v;
+  bool bf16;
+  uint32_t seed;
+};
+
 // Decoder side, per latent f (w = W[f] before the step):
 //   gval[p] = coef_src * (G16[tok] . w)           (sorted position p; written in Fused and NormOnly)
 //   g = sum_p coef_src * val * G16[tok]  (+ coef[1] * dense.dec[slot[f]])
@@ -124,7 +133,7 @@ struct DenseRows {
 //   if *gate (null = always) and not NormOnly: g *= *clip (null = 1); AdamW with weight decay;
 //   w /= max(|w|, 1e-12) (renorm); W16 = bf16(W).
 cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* G16, const float* coef,
-                           float* W, void* W16, float* m, float* v, float* gval, AdamArgs adam, const float* clip,
+                           float* W, void* W16, MomentArgs mo, float* gval, AdamArgs adam, const float* clip,
                            const int* gate, bool remove_parallel, bool renorm, float* norm_partial,
                            DenseRows dense, cudaStream_t stream);
 
@@ -136,7 +145,7 @@ cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
 //   fire_count[f] = #(main pairs with val > fire_threshold)   (not NormOnly)
 //   if *gate and not NormOnly: AdamW on W[f] (with weight decay) and b_enc[f] (bias_adam, no decay); W16 = bf16(W).
 cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* xc16, const float* gval,
-                           float* W, void* W16, float* m, float* v, float* b, float* bm, float* bv, AdamArgs adam,
+                           float* W, void* W16, MomentArgs mo, float* b, float* bm, float* bv, AdamArgs adam,
                            AdamArgs bias_adam, const float* clip, const int* gate, float fire_threshold,
                            int* fire_count, float* bdec_partial, float* norm_partial, DenseRows dense,
                            cudaStream_t stream);

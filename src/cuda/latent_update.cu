@@ -3,7 +3,7 @@
 // pairs, gathers the pairs' gradient rows (the residuals for W_dec, the centred inputs for W_enc; both
 // small enough to stay in L2), forms the row's gradient in registers, and writes the updated row, moments
 // and bf16 copy once. Grouping by latent means no atomics: a frequent latent is just a longer loop.
-// Memory-bound (26 bytes per parameter): rows are read and written in the split layout (common.cuh), so
+// Memory-bound (26 bytes per parameter; 18 with bf16 moments, stored stochastically rounded): rows are read and written in the split layout (common.cuh), so
 // each store fills whole 32-byte sectors (eight consecutive floats per thread made every 16-byte store
 // half-fill its sectors: ~1.1 GB more DRAM reads per matrix per step at d=4096, F=131072); the
 // streamed rows are evict-first and the gathered gradient rows evict-last in L2; the next row's pair
@@ -80,11 +80,34 @@ __device__ __forceinline__ void start_row(const float* row, int d, float (&w)[CH
   }
 }
 
-template <int CH>
+// Adam moments of this thread's elements of row `row`: float32, or bf16 (BF) stored stochastically rounded.
+template <bool BF>
+__device__ __forceinline__ void load_moments(const MomentArgs& mo, int64_t row, int c, int d, float m[8],
+                                             float v[8]) {
+  if constexpr (BF) {
+    load_split_bf16_stream(static_cast<const uint16_t*>(mo.m) + row, c, d, m);
+    load_split_bf16_stream(static_cast<const uint16_t*>(mo.v) + row, c, d, v);
+  } else {
+    load_split_stream(static_cast<const float*>(mo.m) + row, c, d, m);
+    load_split_stream(static_cast<const float*>(mo.v) + row, c, d, v);
+  }
+}
+template <bool BF>
+__device__ __forceinline__ void store_moments(const MomentArgs& mo, int64_t row, int c, int d, const float m[8],
+                                              const float v[8]) {
+  if constexpr (BF) {
+    store_split_moments_bf16(static_cast<uint16_t*>(mo.m), static_cast<uint16_t*>(mo.v), row, c, d, m, v, mo.seed);
+  } else {
+    store_split_stream(static_cast<float*>(mo.m) + row, c, d, m);
+    store_split_stream(static_cast<float*>(mo.v) + row, c, d, v);
+  }
+}
+
+template <int CH, bool BF>
 __global__ void __launch_bounds__(512, min_blocks<CH>())
     decoder_kernel(LatentMode mode, int F, int d, LatentPairs P, const uint16_t* __restrict__ G16,
                    const float* __restrict__ coef_p, float* __restrict__ W, uint16_t* __restrict__ W16,
-                   float* __restrict__ M, float* __restrict__ V, float* __restrict__ gval, AdamArgs adam,
+                   MomentArgs mo, float* __restrict__ gval, AdamArgs adam,
                    const float* __restrict__ clip_p, const int* __restrict__ gate, bool remove_parallel,
                    bool renorm, float* __restrict__ norm_partial, DenseRows dense) {
   constexpr int NR = kPairBatch + 1;  // the pair batch's dot products + w . w
@@ -203,8 +226,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
     float m[CH][8], v[CH][8];
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
-      load_split_stream(M + row, c, d, m[c]);
-      load_split_stream(V + row, c, d, v[c]);
+      load_moments<BF>(mo, row, c, d, m[c], v[c]);
 #pragma unroll
       for (int i = 0; i < 8; ++i) {  // elements past d: w = g = m = v = 0 stay 0 and are not stored
         w[c][i] = adam_update(w[c][i], g[c][i] * clip, m[c][i], v[c][i], adam);
@@ -223,8 +245,7 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
       store_split_stream(W + row, c, d, w[c]);
-      store_split_stream(M + row, c, d, m[c]);
-      store_split_stream(V + row, c, d, v[c]);
+      store_moments<BF>(mo, row, c, d, m[c], v[c]);
       store_split_bf16_stream(W16 + row, c, d, w[c]);
     }
   }
@@ -235,11 +256,11 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
   }
 }
 
-template <int CH>
+template <int CH, bool BF>
 __global__ void __launch_bounds__(512, min_blocks<CH>())
     encoder_kernel(LatentMode mode, int F, int d, LatentPairs P, const uint16_t* __restrict__ xc16,
                    const float* __restrict__ gval, float* __restrict__ W, uint16_t* __restrict__ W16,
-                   float* __restrict__ M, float* __restrict__ V, float* __restrict__ b, float* __restrict__ bm,
+                   MomentArgs mo, float* __restrict__ b, float* __restrict__ bm,
                    float* __restrict__ bv, AdamArgs adam, AdamArgs bias_adam, const float* __restrict__ clip_p,
                    const int* __restrict__ gate, float fire_threshold, int* __restrict__ fire_count,
                    float* __restrict__ bdec_partial, float* __restrict__ norm_partial, DenseRows dense) {
@@ -309,13 +330,11 @@ __global__ void __launch_bounds__(512, min_blocks<CH>())
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
       float m[8], v[8];
-      load_split_stream(M + row, c, d, m);
-      load_split_stream(V + row, c, d, v);
+      load_moments<BF>(mo, row, c, d, m, v);
 #pragma unroll
       for (int i = 0; i < 8; ++i) w[c][i] = adam_update(w[c][i], g[c][i] * clip, m[i], v[i], adam);
       store_split_stream(W + row, c, d, w[c]);
-      store_split_stream(M + row, c, d, m);
-      store_split_stream(V + row, c, d, v);
+      store_moments<BF>(mo, row, c, d, m, v);
       store_split_bf16_stream(W16 + row, c, d, w[c]);
     }
     if (t == 0) {
@@ -348,18 +367,28 @@ int latent_grid_size(int d) {
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   const RowLayout L = row_layout(d);
   int per_sm_dec = 1, per_sm_enc = 1;
+  // One grid for every variant: the fewest blocks per SM any of them can keep resident.
+  auto fewest = [&](auto... kernels) {
+    int n = 1 << 20;
+    for (const void* k : {reinterpret_cast<const void*>(kernels)...}) {
+      int b = 1;
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, k, L.threads, 0);
+      n = std::min(n, b);
+    }
+    return n;
+  };
   switch (L.ch) {
     case 1:
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_dec, decoder_kernel<1>, L.threads, 0);
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_enc, encoder_kernel<1>, L.threads, 0);
+      per_sm_dec = fewest(decoder_kernel<1, false>, decoder_kernel<1, true>);
+      per_sm_enc = fewest(encoder_kernel<1, false>, encoder_kernel<1, true>);
       break;
     case 2:
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_dec, decoder_kernel<2>, L.threads, 0);
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_enc, encoder_kernel<2>, L.threads, 0);
+      per_sm_dec = fewest(decoder_kernel<2, false>, decoder_kernel<2, true>);
+      per_sm_enc = fewest(encoder_kernel<2, false>, encoder_kernel<2, true>);
       break;
     default:
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_dec, decoder_kernel<4>, L.threads, 0);
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_enc, encoder_kernel<4>, L.threads, 0);
+      per_sm_dec = fewest(decoder_kernel<4, false>, decoder_kernel<4, true>);
+      per_sm_enc = fewest(encoder_kernel<4, false>, encoder_kernel<4, true>);
       break;
   }
   const int per_sm = std::max(1, std::min(per_sm_dec, per_sm_enc));
@@ -368,7 +397,7 @@ int latent_grid_size(int d) {
 }
 
 cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* G16, const float* coef,
-                           float* W, void* W16, float* m, float* v, float* gval, AdamArgs adam, const float* clip,
+                           float* W, void* W16, MomentArgs mo, float* gval, AdamArgs adam, const float* clip,
                            const int* gate, bool remove_parallel, bool renorm, float* norm_partial,
                            DenseRows dense, cudaStream_t stream) {
   if (F <= 0) return cudaSuccess;
@@ -379,14 +408,16 @@ cudaError_t decoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   if (grid <= 0) return cudaErrorInvalidConfiguration;
   const auto* g16 = static_cast<const uint16_t*>(G16);
   auto* w16 = static_cast<uint16_t*>(W16);
-  auto kernel = L.ch == 1 ? decoder_kernel<1> : (L.ch == 2 ? decoder_kernel<2> : decoder_kernel<4>);
-  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, g16, coef, W, w16, m, v, gval, adam, clip, gate,
+  auto kernel = mo.bf16 ? (L.ch == 1 ? decoder_kernel<1, true> : (L.ch == 2 ? decoder_kernel<2, true> : decoder_kernel<4, true>))
+                        : (L.ch == 1 ? decoder_kernel<1, false>
+                                     : (L.ch == 2 ? decoder_kernel<2, false> : decoder_kernel<4, false>));
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, g16, coef, W, w16, mo, gval, adam, clip, gate,
                  remove_parallel, renorm, norm_partial, dense);
   return cudaGetLastError();
 }
 
 cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, const void* xc16, const float* gval,
-                           float* W, void* W16, float* m, float* v, float* b, float* bm, float* bv, AdamArgs adam,
+                           float* W, void* W16, MomentArgs mo, float* b, float* bm, float* bv, AdamArgs adam,
                            AdamArgs bias_adam, const float* clip, const int* gate, float fire_threshold,
                            int* fire_count, float* bdec_partial, float* norm_partial, DenseRows dense,
                            cudaStream_t stream) {
@@ -398,8 +429,10 @@ cudaError_t encoder_update(LatentMode mode, int F, int d, LatentPairs pairs, con
   if (grid <= 0) return cudaErrorInvalidConfiguration;
   const auto* x = static_cast<const uint16_t*>(xc16);
   auto* w16 = static_cast<uint16_t*>(W16);
-  auto kernel = L.ch == 1 ? encoder_kernel<1> : (L.ch == 2 ? encoder_kernel<2> : encoder_kernel<4>);
-  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, m, v, b, bm, bv, adam,
+  auto kernel = mo.bf16 ? (L.ch == 1 ? encoder_kernel<1, true> : (L.ch == 2 ? encoder_kernel<2, true> : encoder_kernel<4, true>))
+                        : (L.ch == 1 ? encoder_kernel<1, false>
+                                     : (L.ch == 2 ? encoder_kernel<2, false> : encoder_kernel<4, false>));
+  MLXTERP_LAUNCH(kernel, grid, L.threads, stream, mode, F, d, pairs, x, gval, W, w16, mo, b, bm, bv, adam,
                  bias_adam, clip, gate, fire_threshold, fire_count, bdec_partial, norm_partial, dense);
   return cudaGetLastError();
 }

@@ -30,9 +30,73 @@ Params Params::init(int64_t d_in, int64_t d_sae, at::Device device, uint64_t see
 
 Params Params::clone() const { return {W_enc.clone(), b_enc.clone(), W_dec.clone(), b_dec.clone()}; }
 
-AdamState AdamState::zeros_like(const Params& p) {
-  return {at::zeros_like(p.W_enc), at::zeros_like(p.W_enc), at::zeros_like(p.b_enc), at::zeros_like(p.b_enc),
-          at::zeros_like(p.W_dec), at::zeros_like(p.W_dec), at::zeros_like(p.b_dec), at::zeros_like(p.b_dec)};
+AdamState AdamState::zeros_like(const Params& p, at::ScalarType moment_dtype) {
+  MLXTERP_CHECK(moment_dtype == at::kFloat || moment_dtype == at::kBFloat16,
+                "sae_kernels::AdamState::zeros_like: moment dtype must be float32 or bfloat16; got ",
+                dtype_str(moment_dtype));
+  auto mat = [&](const at::Tensor& w) { return at::zeros(w.sizes(), w.options().dtype(moment_dtype)); };
+  return {mat(p.W_enc), mat(p.W_enc), at::zeros_like(p.b_enc), at::zeros_like(p.b_enc),
+          mat(p.W_dec), mat(p.W_dec), at::zeros_like(p.b_dec), at::zeros_like(p.b_dec)};
+}
+
+// ---- bfloat16 moments: the stochastic rounding's random bits (see the header) ---------------------------
+
+namespace {
+
+constexpr int64_t kMask32 = 0xffffffffLL;
+
+uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+
+// (x * c) mod 2^32 for int64 tensors holding values in [0, 2^32), without overflowing int64.
+at::Tensor mul32(const at::Tensor& x, uint32_t c) {
+  at::Tensor lo = x * int64_t(c & 0xffffu);
+  at::Tensor hi = (x * int64_t(c >> 16)).bitwise_and_(0xffff).mul_(65536);
+  return lo.add_(hi).bitwise_and_(kMask32);
+}
+
+at::Tensor fmix32(at::Tensor h) {
+  h = h.bitwise_xor(h.div(65536, "floor"));
+  h = mul32(h, 0x85EBCA6Bu);
+  h = h.bitwise_xor(h.div(8192, "floor"));
+  h = mul32(h, 0xC2B2AE35u);
+  return h.bitwise_xor(h.div(65536, "floor"));
+}
+
+}  // namespace
+
+uint32_t moment_seed(int64_t step, int matrix) {
+  return fmix32(uint32_t(step) * 0x9E3779B9u + uint32_t(matrix) * 0x632BE5ABu + 0x2545F491u);
+}
+
+at::Tensor moment_hash(int64_t numel, uint32_t seed, at::Device device) {
+  return moment_hash(at::arange(numel, at::TensorOptions().dtype(at::kLong).device(device)), seed);
+}
+
+at::Tensor moment_hash(const at::Tensor& index, uint32_t seed) {
+  MLXTERP_CHECK(index.scalar_type() == at::kLong, "sae_kernels::moment_hash: index must be int64; got ",
+                dtype_str(index.scalar_type()));
+  const at::Tensor& i = index;
+  at::Tensor lo = i.bitwise_and(kMask32), hi = i.div(int64_t(1) << 32, "floor");
+  at::Tensor s = mul32(hi, 0x85EBCA77u).add_(int64_t(seed)).bitwise_and_(kMask32);
+  return fmix32(mul32(lo, 0x9E3779B9u).bitwise_xor_(s));
+}
+
+at::Tensor round_bf16_stochastic(const at::Tensor& x, const at::Tensor& hash, bool high) {
+  MLXTERP_CHECK(x.scalar_type() == at::kFloat && hash.numel() == x.numel(),
+                "sae_kernels::round_bf16_stochastic: needs float32 x and one hash per element; got ",
+                dtype_str(x.scalar_type()), " with ", hash.numel(), " hashes for ", x.numel(), " elements");
+  at::Tensor r = high ? hash.div(65536, "floor") : hash.bitwise_and(0xffff);
+  at::Tensor bits = x.contiguous().view(at::kInt).to(at::kLong).bitwise_and_(kMask32).reshape(-1);
+  at::Tensor up = bits.add_(r).div_(65536, "floor").to(at::kInt).to(at::kShort);  // wraps to int16 bit patterns
+  at::Tensor out = up.view(at::kBFloat16).reshape(x.sizes());
+  return at::where(at::isnan(x), x.to(at::kBFloat16), out);
 }
 
 AdamState AdamState::clone() const {
@@ -46,11 +110,16 @@ void check_step_inputs(const Params& p, const AdamState& s, const at::Tensor& si
                        const StepConfig& c, const char* where) {
   MLXTERP_CHECK(p.W_enc.defined() && p.W_enc.dim() == 2, where, ": W_enc must be [d_sae, d_in]");
   const int64_t F = p.W_enc.size(0), d = p.W_enc.size(1);
-  auto shape_is = [&](const at::Tensor& t, std::vector<int64_t> want, const char* name) {
+  const at::ScalarType mdt = s.W_enc_m.defined() ? s.W_enc_m.scalar_type() : at::kFloat;
+  MLXTERP_CHECK(mdt == at::kFloat || mdt == at::kBFloat16, where,
+                ": Adam W_enc_m must be float32 or bfloat16; got ", dtype_str(mdt));
+  auto shape_is = [&](const at::Tensor& t, std::vector<int64_t> want, const char* name,
+                      at::ScalarType dt = at::kFloat) {
     MLXTERP_CHECK(t.defined() && t.sizes().vec() == want, where, ": ", name, " has shape ",
                   t.defined() ? shape_str(t.sizes()) : "(undefined)", "; expected ", shape_str(want));
-    MLXTERP_CHECK(t.scalar_type() == at::kFloat, where, ": ", name, " must be float32; got ",
-                  dtype_str(t.scalar_type()), " (master weights and Adam state are float32)");
+    MLXTERP_CHECK(t.scalar_type() == dt, where, ": ", name, " must be ", dtype_str(dt), "; got ",
+                  dtype_str(t.scalar_type()),
+                  " (master weights and bias moments are float32; the four weight-matrix moments share one dtype)");
     MLXTERP_CHECK(t.device() == p.W_enc.device(), where, ": ", name, " is on ", t.device().str(), "; expected ",
                   p.W_enc.device().str(), " like W_enc");
   };
@@ -58,10 +127,10 @@ void check_step_inputs(const Params& p, const AdamState& s, const at::Tensor& si
   shape_is(p.W_dec, {F, d}, "W_dec");
   shape_is(p.b_enc, {F}, "b_enc");
   shape_is(p.b_dec, {d}, "b_dec");
-  shape_is(s.W_enc_m, {F, d}, "Adam W_enc_m");
-  shape_is(s.W_enc_v, {F, d}, "Adam W_enc_v");
-  shape_is(s.W_dec_m, {F, d}, "Adam W_dec_m");
-  shape_is(s.W_dec_v, {F, d}, "Adam W_dec_v");
+  shape_is(s.W_enc_m, {F, d}, "Adam W_enc_m", mdt);
+  shape_is(s.W_enc_v, {F, d}, "Adam W_enc_v", mdt);
+  shape_is(s.W_dec_m, {F, d}, "Adam W_dec_m", mdt);
+  shape_is(s.W_dec_v, {F, d}, "Adam W_dec_v", mdt);
   shape_is(s.b_enc_m, {F}, "Adam b_enc_m");
   shape_is(s.b_enc_v, {F}, "Adam b_enc_v");
   shape_is(s.b_dec_m, {d}, "Adam b_dec_m");
@@ -114,16 +183,25 @@ at::Tensor csr_rows(const at::Tensor& row_ptr, int64_t total) {
 // Pairs processed per chunk in the gathers below (bounds the [chunk, d] temporaries to ~256 MB).
 int64_t pair_chunk(int64_t d) { return std::max<int64_t>(1, (int64_t(1) << 26) / std::max<int64_t>(1, d)); }
 
-// AdamW (torch's formulas) where `gate` ([] bool) is true; p, m, v unchanged elsewhere.
+// AdamW (torch's formulas) where `gate` ([] bool) is true; p, m, v unchanged elsewhere. bfloat16 moments
+// (matrix = 0 W_enc, 1 W_dec) are computed in float32, used unrounded for this step's update, and stored
+// stochastically rounded.
 void adamw(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const StepConfig& c, bool decay,
-           const at::Tensor& gate) {
+           const at::Tensor& gate, int matrix = -1) {
   const double bc1 = 1 - std::pow(c.beta1, double(c.step)), bc2 = 1 - std::pow(c.beta2, double(c.step));
   at::Tensor p_new = decay && c.weight_decay != 0 ? p * (1 - c.lr * c.weight_decay) : p.clone();
-  at::Tensor m_new = m.lerp(g, 1 - c.beta1);
-  at::Tensor v_new = v * c.beta2 + g * g * (1 - c.beta2);
+  at::Tensor m32 = m.to(at::kFloat), v32 = v.to(at::kFloat);
+  at::Tensor m_new = m32.lerp(g, 1 - c.beta1);
+  at::Tensor v_new = v32 * c.beta2 + g * g * (1 - c.beta2);
   at::Tensor denom = (v_new.sqrt() / std::sqrt(bc2)).add_(c.eps);
   p_new.addcdiv_(m_new, denom, -c.lr / bc1);
   p.copy_(at::where(gate, p_new, p));
+  if (m.scalar_type() == at::kBFloat16) {
+    MLXTERP_CHECK(matrix >= 0, "sae_kernels: bfloat16 moments are for the weight matrices only");
+    at::Tensor h = moment_hash(m.numel(), moment_seed(c.step, matrix), m.device());
+    m_new = round_bf16_stochastic(m_new, h, false);
+    v_new = round_bf16_stochastic(v_new, h, true);
+  }
   m.copy_(at::where(gate, m_new, m));
   v.copy_(at::where(gate, v_new, v));
 }
@@ -294,9 +372,9 @@ StepStats reference_step(Params& p, AdamState& s, at::Tensor& since_fired, const
     st.clipped = (clip < 1).to(at::kFloat);
     for (at::Tensor* t : {&g.W_enc, &g.b_enc, &g.W_dec, &g.b_dec}) t->mul_(clip);
   }
-  adamw(p.W_enc, g.W_enc, s.W_enc_m, s.W_enc_v, c, true, gate);
+  adamw(p.W_enc, g.W_enc, s.W_enc_m, s.W_enc_v, c, true, gate, 0);
   adamw(p.b_enc, g.b_enc, s.b_enc_m, s.b_enc_v, c, false, gate);
-  adamw(p.W_dec, g.W_dec, s.W_dec_m, s.W_dec_v, c, true, gate);
+  adamw(p.W_dec, g.W_dec, s.W_dec_m, s.W_dec_v, c, true, gate, 1);
   adamw(p.b_dec, g.b_dec, s.b_dec_m, s.b_dec_v, c, false, gate);
   if (c.normalize_decoder)
     p.W_dec.copy_(at::where(gate, p.W_dec / p.W_dec.norm(2, {1}, true).clamp_min(1e-12), p.W_dec));

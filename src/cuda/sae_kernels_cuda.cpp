@@ -400,18 +400,20 @@ StepStats step(Params& p, AdamState& s, at::Tensor& since_fired, const at::Tenso
   at::Tensor norm_dec = at::empty({G}, f32), norm_enc = at::empty({G}, f32);
   at::Tensor fire_count = at::empty({F}, i32);
   const K::AdamArgs adam = adam_args(c, true), bias_adam = adam_args(c, false);
+  const bool moments16 = s.moment_dtype() == at::kBFloat16;
+  const K::MomentArgs dec_mo{s.W_dec_m.data_ptr(), s.W_dec_v.data_ptr(), moments16, moment_seed(c.step, 1)};
+  const K::MomentArgs enc_mo{s.W_enc_m.data_ptr(), s.W_enc_v.data_ptr(), moments16, moment_seed(c.step, 0)};
   at::Tensor gate = gate_b.to(at::kInt).reshape({1}).contiguous();
   auto dec = [&](K::LatentMode mode, const float* clip) {
     MLXTERP_CUDA_OK(K::decoder_update(mode, int(F), int(d), pairs, G16.data_ptr(), coef.data_ptr<float>(),
-                                      p.W_dec.data_ptr<float>(), W_dec16.data_ptr(), s.W_dec_m.data_ptr<float>(),
-                                      s.W_dec_v.data_ptr<float>(), gval.data_ptr<float>(), adam, clip,
+                                      p.W_dec.data_ptr<float>(), W_dec16.data_ptr(), dec_mo, gval.data_ptr<float>(),
+                                      adam, clip,
                                       gate.data_ptr<int>(), c.remove_parallel_grad, c.normalize_decoder,
                                       norm_dec.data_ptr<float>(), dense_rows, stream));
   };
   auto enc = [&](K::LatentMode mode, const float* clip) {
     MLXTERP_CUDA_OK(K::encoder_update(mode, int(F), int(d), pairs, xc16.data_ptr(), gval.data_ptr<float>(),
-                                      p.W_enc.data_ptr<float>(), W_enc16.data_ptr(), s.W_enc_m.data_ptr<float>(),
-                                      s.W_enc_v.data_ptr<float>(), p.b_enc.data_ptr<float>(),
+                                      p.W_enc.data_ptr<float>(), W_enc16.data_ptr(), enc_mo, p.b_enc.data_ptr<float>(),
                                       s.b_enc_m.data_ptr<float>(), s.b_enc_v.data_ptr<float>(), adam, bias_adam,
                                       clip, gate.data_ptr<int>(), float(c.fire_threshold), fire_count.data_ptr<int>(),
                                       bdec_part.data_ptr<float>(), norm_enc.data_ptr<float>(), dense_rows, stream));

@@ -179,6 +179,110 @@ TEST(SaeKernelsReference, StepperUsesTheReferenceOffTheGpu) {
   EXPECT_THROW(cuda_stepper.step(p, s, since, at::randn({4, 8}), cfg), Error);
 }
 
+// ---- bfloat16 Adam moments: the stochastic rounding's bits and the reference step ----------------------------
+
+namespace {
+
+uint32_t fmix32_scalar(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  return h ^ (h >> 16);
+}
+
+}  // namespace
+
+TEST(SaeKernelsReference, MomentHashFollowsItsDefinitionPast32BitIndices) {
+  // The header's formula, computed with uint32 arithmetic, against the int64 tensor version.
+  const std::vector<int64_t> idx{0, 1, 2, 12345, (1LL << 31) - 1, (1LL << 32) - 1, 1LL << 32, (1LL << 32) + 7,
+                                 (1LL << 40) + 3};
+  for (const int64_t step : {1LL, 77LL, (1LL << 33) + 5}) {
+    for (int matrix : {0, 1}) {
+      const uint32_t seed = moment_seed(step, matrix);
+      EXPECT_EQ(seed, fmix32_scalar(uint32_t(step) * 0x9E3779B9u + uint32_t(matrix) * 0x632BE5ABu + 0x2545F491u));
+      at::Tensor h = moment_hash(at::tensor(idx, at::kLong), seed);
+      for (size_t j = 0; j < idx.size(); ++j) {
+        const uint64_t i = uint64_t(idx[j]);
+        const uint32_t want = fmix32_scalar((uint32_t(i) * 0x9E3779B9u) ^ (seed + uint32_t(i >> 32) * 0x85EBCA77u));
+        EXPECT_EQ(h[int64_t(j)].item<int64_t>(), int64_t(want)) << "index " << i << ", step " << step;
+      }
+    }
+  }
+  EXPECT_NE(moment_seed(5, 0), moment_seed(5, 1));
+  EXPECT_NE(moment_seed(5, 0), moment_seed(6, 0));
+}
+
+TEST(SaeKernelsReference, StochasticRoundingPicksANeighbourWithoutBias) {
+  const int64_t n = 1 << 20;
+  at::Tensor h = moment_hash(n, moment_seed(3, 0), at::kCPU);
+  // 1 + 2^-9 is a quarter of the way from bf16 1.0 to the next value, 1 + 2^-7; -3e-5 is anywhere.
+  for (const float x : {1.0f + 0x1p-9f, -3.0e-5f, 7.0f}) {
+    for (const bool high : {false, true}) {
+      at::Tensor r = round_bf16_stochastic(at::full({n}, x), h, high).to(at::kFloat);
+      const float lo = at::scalar_tensor(x).to(at::kBFloat16).item<float>();  // one neighbour (nearest)
+      at::Tensor is_lo = r.eq(lo);
+      at::Tensor other = r.masked_select(~is_lo);
+      if (other.numel() > 0) {
+        const float o = other[0].item<float>();
+        EXPECT_TRUE(other.eq(o).all().item<bool>()) << x << ": more than two values";
+        EXPECT_TRUE((lo <= x && x <= o) || (o <= x && x <= lo)) << x << ": " << o << " is not a neighbour";
+      }
+      const double mean = r.to(at::kDouble).mean().item<double>();
+      EXPECT_LT(std::abs(mean / x - 1), 2e-4) << x << " high " << high << ": biased, mean " << mean;
+    }
+  }
+  // Exact bf16 values stay put; NaN stays NaN; infinities stay infinite.
+  at::Tensor exact = at::randn({4096}).to(at::kBFloat16).to(at::kFloat);
+  EXPECT_TRUE(at::equal(round_bf16_stochastic(exact, h.narrow(0, 0, 4096), true), exact.to(at::kBFloat16)));
+  at::Tensor special = round_bf16_stochastic(
+      at::tensor({std::nanf(""), INFINITY, -INFINITY}), h.narrow(0, 0, 3), false).to(at::kFloat);
+  EXPECT_TRUE(std::isnan(special[0].item<float>()));
+  EXPECT_EQ(special[1].item<float>(), INFINITY);
+  EXPECT_EQ(special[2].item<float>(), -INFINITY);
+}
+
+TEST(SaeKernelsReference, Bf16MomentsStoreTheFloat32StepStochasticallyRounded) {
+  // Same step from the same (bf16-representable) moments, kept in float32 and in bfloat16: the weights move
+  // identically (the update uses the unrounded float32 moments) and the bf16 moments are the float32 ones
+  // rounded with moment_hash's bits.
+  Params p = Params::init(64, 256, at::kCPU, 5);
+  AdamState s32 = AdamState::zeros_like(p);
+  for (at::Tensor* m : {&s32.W_enc_m, &s32.W_dec_m}) *m = (at::randn_like(*m) * 1e-3).to(at::kBFloat16).to(at::kFloat);
+  for (at::Tensor* v : {&s32.W_enc_v, &s32.W_dec_v}) *v = (at::rand_like(*v) * 1e-5).to(at::kBFloat16).to(at::kFloat);
+  AdamState s16 = s32.clone();
+  for (at::Tensor* m : {&s16.W_enc_m, &s16.W_enc_v, &s16.W_dec_m, &s16.W_dec_v}) *m = m->to(at::kBFloat16);
+  EXPECT_EQ(AdamState::zeros_like(p, at::kBFloat16).moment_dtype(), at::kBFloat16);
+  Params p32 = p.clone(), p16 = p.clone();
+  at::Tensor since32 = at::zeros({256}, at::kLong), since16 = since32.clone();
+  StepConfig cfg;
+  cfg.k = 8;
+  cfg.step = 40;
+  cfg.lr = 1e-3;
+  at::Tensor x = at::randn({128, 64});
+  reference_step(p32, s32, since32, x, cfg);
+  reference_step(p16, s16, since16, x, cfg);
+  EXPECT_TRUE(at::equal(p32.W_enc, p16.W_enc));
+  EXPECT_TRUE(at::equal(p32.W_dec, p16.W_dec));
+  const int64_t n = p.W_enc.numel();
+  struct M {
+    const char* name;
+    at::Tensor got, f32;
+    int matrix;
+    bool high;
+  };
+  for (const M& q : {M{"W_enc_m", s16.W_enc_m, s32.W_enc_m, 0, false}, M{"W_enc_v", s16.W_enc_v, s32.W_enc_v, 0, true},
+                     M{"W_dec_m", s16.W_dec_m, s32.W_dec_m, 1, false}, M{"W_dec_v", s16.W_dec_v, s32.W_dec_v, 1, true}}) {
+    ASSERT_EQ(q.got.scalar_type(), at::kBFloat16) << q.name;
+    at::Tensor want = round_bf16_stochastic(q.f32, moment_hash(n, moment_seed(cfg.step, q.matrix), at::kCPU), q.high);
+    EXPECT_TRUE(at::equal(q.got, want)) << q.name;
+    EXPECT_FALSE(at::equal(q.got, q.f32.to(at::kBFloat16))) << q.name << ": rounded to nearest, not stochastically";
+  }
+  // Mixed moment dtypes are refused.
+  s16.W_dec_v = s16.W_dec_v.to(at::kFloat);
+  EXPECT_THROW(reference_step(p16, s16, since16, x, cfg), Error);
+}
+
 // ---- CUDA kernels against the reference ------------------------------------------------------------------
 
 #ifdef MLXTERP_HAVE_CUDA_KERNELS
@@ -347,6 +451,7 @@ struct StepCase {
   double dead_frac = 0;       // latents that start dead (since_fired = dead_tokens)
   double fire_threshold = 0;
   bool finite_grad_gate = false;  // two passes without clipping
+  bool moments_bf16 = false;      // W_enc / W_dec Adam moments in bfloat16 (stochastic rounding)
 };
 
 constexpr int64_t kDeadTokens = 5000;
@@ -369,6 +474,10 @@ const StepCase kStepCases[] = {
      1.0 / 32, 128, 0.0},
     {"topk_finite_grad_gate", 256, 256, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 0, false, true, true, 1.0 / 32,
      64, 0.2, 0, true},
+    {"topk_bf16_moments", 256, 512, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 0, true, true, true, 0, 0, 0, 0,
+     false, true},
+    {"topk_auxk_clip_bf16_moments", 256, 256, 2048, 16, Selection::TopK, LossNorm::SumPerToken, 1.0, false, true, true,
+     1.0 / 32, 128, 0.3, 0.05, false, true},
 };
 
 }  // namespace
@@ -400,6 +509,8 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
       since.narrow(0, 0, int64_t(c.dead_frac * c.f)).fill_(kDeadTokens);
       // The dead latents' first moments start at 0: their AuxK gradients can be read back from m (below).
       for (at::Tensor* m : {&s.W_enc_m, &s.W_dec_m, &s.b_enc_m}) m->narrow(0, 0, n_dead).zero_();
+      if (c.moments_bf16)
+        for (at::Tensor* m : {&s.W_enc_m, &s.W_enc_v, &s.W_dec_m, &s.W_dec_v}) *m = m->to(at::kBFloat16);
       Params pc = p.clone();
       AdamState sc = s.clone();
       at::Tensor since_c = since.clone();
@@ -418,7 +529,7 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
       cfg.dead_tokens = kDeadTokens;
       cfg.fire_threshold = c.fire_threshold;
       cfg.aux_dense_cap = dense_cap;
-      Stepper stepper(Backend::Cuda);
+      Stepper stepper(Backend::Cuda), twin(Backend::Cuda);
       for (int t = 0; t < 3; ++t) {
         SCOPED_TRACE("step " + std::to_string(t + 1));
         cfg.step = 10 + t;
@@ -429,6 +540,16 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
         Params pr = pc.clone(), before = pc.clone();
         AdamState sr = sc.clone(), sbefore = sc.clone();
         at::Tensor since_r = since_c.clone();
+        // bf16 moments: the same CUDA step from the same state with the moments in float32 (a second Stepper,
+        // so its AuxK sizing history matches): it must move the weights identically, and the bf16 moments
+        // must be its float32 moments rounded with moment_hash's bits.
+        Params pt = pc.clone();
+        AdamState st32 = sc.clone();
+        at::Tensor since_t = since_c.clone();
+        if (c.moments_bf16) {
+          for (at::Tensor* m : {&st32.W_enc_m, &st32.W_enc_v, &st32.W_dec_m, &st32.W_dec_v}) *m = m->to(at::kFloat);
+          twin.step(pt, st32, since_t, x, cfg);
+        }
         StepStats a = stepper.step(pc, sc, since_c, x, cfg);
         StepStats r = reference_step(pr, sr, since_r, x, cfg);
         ASSERT_EQ(stepper.last_backend(), Backend::Cuda);
@@ -462,7 +583,29 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
                               Pair{"W_dec_v", sc.W_dec_v, sr.W_dec_v, sbefore.W_dec_v},
                               Pair{"b_dec_m", sc.b_dec_m, sr.b_dec_m, sbefore.b_dec_m}}) {
           EXPECT_FALSE(q.got.isnan().any().item<bool>()) << q.name;
-          EXPECT_LT(rel_err(q.got - q.prev, q.want - q.prev), 3e-2) << q.name;
+          const at::Tensor prev = q.prev.to(at::kFloat);  // bf16 moments: subtract in float32
+          EXPECT_LT(rel_err(q.got.to(at::kFloat) - prev, q.want.to(at::kFloat) - prev), 3e-2) << q.name;
+        }
+        if (c.moments_bf16) {
+          EXPECT_TRUE(at::equal(pc.W_enc, pt.W_enc) && at::equal(pc.W_dec, pt.W_dec) && at::equal(pc.b_enc, pt.b_enc))
+              << "bf16 moments changed this step's update (it uses the float32 moments before rounding)";
+          const int64_t n = pc.W_enc.numel();
+          struct M {
+            const char* name;
+            at::Tensor got, f32, prev;
+            int matrix;
+            bool high;
+          };
+          for (const M& q : {M{"W_enc_m", sc.W_enc_m, st32.W_enc_m, sbefore.W_enc_m, 0, false},
+                             M{"W_enc_v", sc.W_enc_v, st32.W_enc_v, sbefore.W_enc_v, 0, true},
+                             M{"W_dec_m", sc.W_dec_m, st32.W_dec_m, sbefore.W_dec_m, 1, false},
+                             M{"W_dec_v", sc.W_dec_v, st32.W_dec_v, sbefore.W_dec_v, 1, true}}) {
+            ASSERT_EQ(q.got.scalar_type(), at::kBFloat16) << q.name;
+            at::Tensor want = round_bf16_stochastic(q.f32, moment_hash(n, moment_seed(cfg.step, q.matrix), kGpu), q.high);
+            EXPECT_TRUE(at::equal(q.got, want)) << q.name << ": not the float32 moments stochastically rounded";
+            // v's 0.1% decay per step is below bf16's spacing: rounded to nearest most of v would never change.
+            EXPECT_GT(q.got.ne(q.prev).to(at::kDouble).mean().item<double>(), 0.1) << q.name << " did not move";
+          }
         }
         // Dead latents no token selected this step: AuxK is their whole gradient (dense or per pair; next to
         // a main gradient it is ~1e-4 of it and would be invisible). Their first moments started at 0, so
@@ -476,7 +619,9 @@ TEST(CudaSaeStep, MatchesReferenceStep) {
           for (const Pair& q : {Pair{"W_enc_m", sc.W_enc_m, sr.W_enc_m, sbefore.W_enc_m},
                                 Pair{"b_enc_m", sc.b_enc_m, sr.b_enc_m, sbefore.b_enc_m},
                                 Pair{"W_dec_m", sc.W_dec_m, sr.W_dec_m, sbefore.W_dec_m}}) {
-            auto grad = [&](const at::Tensor& m) { return (m - cfg.beta1 * q.prev).index_select(0, rows); };
+            auto grad = [&](const at::Tensor& m) {
+              return (m.to(at::kFloat) - cfg.beta1 * q.prev.to(at::kFloat)).index_select(0, rows);
+            };
             EXPECT_GT(grad(q.want).abs().max().item<double>(), 0) << q.name;
             EXPECT_LT(rel_err(grad(q.got), grad(q.want)), 3e-2) << q.name << ", AuxK-only rows";
           }
