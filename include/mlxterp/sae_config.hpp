@@ -9,8 +9,9 @@
 //
 // Field names are those of the original mlxterp SAEConfig (and of the troubleshooting guide), plus the
 // ones modern training needs (AuxK, dead window in tokens, decoder unit norm, b_dec init, dtype, device,
-// context size, shuffle buffer, Adam hyper-parameters). `SAEConfig::fields()` lists every field with its
-// one-line documentation; docs/TROUBLESHOOTING.md and `mlxterp sae train --help-config` print that table.
+// context size, shuffle buffer, Adam hyper-parameters and the dtype of their moments). `SAEConfig::fields()`
+// lists every field with its one-line documentation; docs/TROUBLESHOOTING.md and `mlxterp sae train
+// --help-config` print that table.
 //
 // Validation messages keep the guide's wording ("expansion_factor must be >= 1, got 0",
 // "k must be >= 1, got 0", "learning_rate must be > 0, got 0", "batch_size must be >= 1, got 0",
@@ -53,6 +54,11 @@ struct SAEConfig {
   std::optional<double> gradient_clip = 1.0;  // global L2 norm; null or 0 = off
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   double weight_decay = 0.0;         // decoupled (AdamW), on W_enc and W_dec only
+  // float32 | bfloat16: dtype of the Adam moments of W_enc and W_dec (the bias moments stay float32).
+  // bfloat16 halves the optimizer's memory and the fused CUDA step's optimizer traffic; each step computes the
+  // moments in float32 and stores them stochastically rounded (unbiased, so they do not stall the way
+  // round-to-nearest does). float32 is exact torch AdamW.
+  std::string optimizer_state_dtype = "float32";
   int64_t seed = 42;
 
   // ---- dead latents ----

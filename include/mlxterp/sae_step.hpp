@@ -29,7 +29,9 @@
 //       m = β1 m + (1-β1) g ; v = β2 v + (1-β2) g² ; p -= lr·wd·p (W_enc, W_dec only) ;
 //       p -= lr · (m / (1-β1^t)) / (sqrt(v / (1-β2^t)) + eps)
 //     then (decoder_unit_norm) W_dec rows renormalised to unit norm; otherwise nothing changes and
-//     bad_steps += 1.
+//     bad_steps += 1. bfloat16 moments of W_enc / W_dec (SAEConfig::optimizer_state_dtype): m, v are upcast,
+//     the formulas above run in float32 and use the unrounded m, v for p; then m, v are stored rounded by
+//     sae_kernels::round_bf16_stochastic with sae_kernels::moment_hash(numel, moment_seed(t, 0 W_enc / 1 W_dec)).
 //  5. counters (only if ok): fired_i = any_t z[t,i] > a.fire_threshold;
 //     tokens_since_fired = fired ? 0 : tokens_since_fired + N ; fire_count += #tokens where z > fire_threshold ;
 //     window_tokens += N. BatchTopK: θ_b = min of the kept values > 0 ; threshold_ema = (ema < 0) ? θ_b :
@@ -74,7 +76,8 @@ struct SaeTrainState {
   int64_t d_in = 0, d_sae = 0;
   bool tied = false;
   SaeParams params;              // float32 masters (threshold: jumprelu only; batchtopk keeps threshold_ema)
-  SaeParams adam_m, adam_v;      // Adam moments, same shapes (threshold only for jumprelu)
+  SaeParams adam_m, adam_v;      // Adam moments, same shapes (threshold only for jumprelu); float32, except that
+                                 // W_enc's and W_dec's may all be bfloat16 (SAEConfig::optimizer_state_dtype)
   int64_t adam_step = 0;         // updates applied so far (host; bias correction uses adam_step + 1)
   at::Tensor tokens_since_fired; // [d_sae] int64
   at::Tensor fire_count;         // [d_sae] int64 firings in the current density window
@@ -85,10 +88,19 @@ struct SaeTrainState {
   at::Tensor metric_sums;        // [kSaeMetricCount] float64
   at::Tensor input_mean, input_std;  // [d_in] standardisation (undefined when off)
 
-  // All tensors by name (for checkpoints) and back. Names: "params.W_enc", "adam_m.W_enc", ...
+  // All tensors by name (for checkpoints) and back. Names: "params.W_enc", "adam_m.W_enc", ... Moments keep
+  // their dtype (from_map checks it: float32, or bfloat16 for all four weight-matrix moments).
   TensorMap to_map() const;
   void from_map(const TensorMap& m, at::Device device);
+  // The dtype of the weight matrices' moments (kFloat or kBFloat16).
+  at::ScalarType moment_dtype() const { return adam_m.W_enc.scalar_type(); }
+  // Converts the weight matrices' moments to `dtype` (to float32 exactly; to bfloat16 rounded to nearest).
+  // Returns whether they changed.
+  bool set_moment_dtype(at::ScalarType dtype);
 };
+
+// SAEConfig::optimizer_state_dtype as a dtype: kFloat or kBFloat16.
+at::ScalarType sae_moment_dtype(const SAEConfig& cfg);
 
 // Per-step inputs (the schedule's values for this step and the fixed hyper-parameters).
 struct SaeStepArgs {

@@ -29,6 +29,8 @@
 // fingerprint. `resume_dir` continues from it exactly: same weights, Adam moments, schedule position, dead
 // counters and data position, so the final weights equal an uninterrupted run's (bitwise on the same machine
 // and thread count). Every random draw derives from (seed, purpose, counter) — there is no hidden RNG state.
+// The Adam moments keep their dtype (optimizer_state_dtype); resuming with the other optimizer_state_dtype
+// converts them (to float32 exactly, to bfloat16 rounded to nearest) and says so on stderr.
 //
 // Non-finite loss or gradients: the update is skipped on the device (weights never become NaN); at the next
 // metric sync training stops with "Gradient computation failed ..." and the guide's remedies, writing nothing.

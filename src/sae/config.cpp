@@ -122,6 +122,10 @@ const std::vector<Field>& table() {
     f.push_back(num_f("adam_beta2", &SAEConfig::adam_beta2, "Adam beta2"));
     f.push_back(num_f("adam_eps", &SAEConfig::adam_eps, "Adam epsilon"));
     f.push_back(num_f("weight_decay", &SAEConfig::weight_decay, "decoupled weight decay on W_enc, W_dec"));
+    f.push_back(str_f("optimizer_state_dtype", &SAEConfig::optimizer_state_dtype,
+                      "float32 | bfloat16: Adam moments of W_enc, W_dec. bfloat16 halves optimizer memory and the "
+                      "fused CUDA step's optimizer traffic; moments are stochastically rounded so they stay unbiased. "
+                      "float32 is exact torch AdamW"));
     f.push_back(int_f("seed", &SAEConfig::seed, "seed for initialisation, shuffling and resampling"));
     f.push_back(bool_f("use_ghost_grads", &SAEConfig::use_ghost_grads, "SAELens ghost gradients for dead latents"));
     f.push_back(int_f("feature_sampling_window", &SAEConfig::feature_sampling_window, "steps per latent-density window (dense fraction)"));
@@ -235,6 +239,15 @@ void SAEConfig::validate() const {
   MLXTERP_CHECK(adam_beta2 >= 0 && adam_beta2 < 1, "adam_beta2 must be in [0, 1), got ", fmt_num(adam_beta2));
   MLXTERP_CHECK(std::isfinite(adam_eps) && adam_eps > 0, "adam_eps must be > 0, got ", fmt_num(adam_eps));
   MLXTERP_CHECK(std::isfinite(weight_decay) && weight_decay >= 0, "weight_decay must be >= 0, got ", fmt_num(weight_decay));
+  const std::string& osd = optimizer_state_dtype;
+  const char* osd_hint = osd == "bf16" ? "did you mean \"bfloat16\"?"
+                         : osd == "f32"
+                             ? "did you mean \"float32\"?"
+                             : "the dtype of W_enc's and W_dec's Adam moments: bfloat16 halves their memory, "
+                               "float32 is exact AdamW";
+  MLXTERP_CHECK(one_of(osd, {"float32", "bfloat16"}),
+                "optimizer_state_dtype must be one of \"float32\", \"bfloat16\", got ", quote(osd), " (", osd_hint,
+                ")");
   MLXTERP_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
   MLXTERP_CHECK(feature_sampling_window >= 1, "feature_sampling_window must be >= 1, got ", feature_sampling_window);
   MLXTERP_CHECK(dead_feature_window >= 1, "dead_feature_window must be >= 1, got ", dead_feature_window);

@@ -25,11 +25,12 @@ at::Tensor geometric_median(const at::Tensor& x, int iters = 100, double tol = 1
   return y;
 }
 
-SaeParams zeros_like_params(const SaeParams& p, bool tied) {
+// Adam moments: the weight matrices' in `matrix_dtype`, the rest like the parameters (float32).
+SaeParams zeros_like_params(const SaeParams& p, bool tied, at::ScalarType matrix_dtype) {
   SaeParams z;
-  z.W_enc = at::zeros_like(p.W_enc);
+  z.W_enc = at::zeros_like(p.W_enc, p.W_enc.options().dtype(matrix_dtype));
   z.b_enc = at::zeros_like(p.b_enc);
-  z.W_dec = tied ? at::Tensor() : at::zeros_like(p.W_dec);
+  z.W_dec = tied ? at::Tensor() : at::zeros_like(p.W_dec, p.W_dec.options().dtype(matrix_dtype));
   z.b_dec = at::zeros_like(p.b_dec);
   if (p.threshold.defined()) z.threshold = at::zeros_like(p.threshold);
   return z;
@@ -131,8 +132,8 @@ SaeTrainState sae_init_state(const SAEConfig& c, int64_t d_in, const at::Tensor&
   st.params.b_dec = st.params.b_dec.contiguous();
   if (st.arch == SaeArch::JumpReLU) st.params.threshold = at::full({F}, c.jumprelu_init_threshold, f32.device(device));
 
-  st.adam_m = zeros_like_params(st.params, st.tied);
-  st.adam_v = zeros_like_params(st.params, st.tied);
+  st.adam_m = zeros_like_params(st.params, st.tied, sae_moment_dtype(c));
+  st.adam_v = zeros_like_params(st.params, st.tied, sae_moment_dtype(c));
   auto i64 = at::TensorOptions().dtype(at::kLong).device(device);
   auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
   st.tokens_since_fired = at::zeros({F}, i64);
@@ -200,6 +201,41 @@ void SaeTrainState::from_map(const TensorMap& m, at::Device device) {
   input_std = get_opt("state.input_std");
   MLXTERP_CHECK(params.W_enc.sizes() == at::IntArrayRef({d_sae, d_in}), "checkpoint: W_enc has shape ",
                 shape_str(params.W_enc.sizes()), "; expected [", d_sae, ", ", d_in, "]");
+  // Weight-matrix moments: all float32 or all bfloat16 (optimizer_state_dtype); everything else float32.
+  const at::ScalarType mdt = moment_dtype();
+  MLXTERP_CHECK(mdt == at::kFloat || mdt == at::kBFloat16, "checkpoint: tensor 'adam_m.W_enc' is ", dtype_str(mdt),
+                "; expected f32 or bf16 (optimizer_state_dtype float32 or bfloat16)");
+  const std::pair<const char*, const SaeParams*> groups[] = {
+      {"params.", &params}, {"adam_m.", &adam_m}, {"adam_v.", &adam_v}};
+  for (const auto& [prefix, p] : groups) {
+    for (const auto& [n, t] : p->named()) {
+      const bool matrix = p != &params && (n == "W_enc" || n == "W_dec");
+      const at::ScalarType want = matrix ? mdt : at::kFloat;
+      MLXTERP_CHECK(t.scalar_type() == want, "checkpoint: tensor '", prefix, n, "' is ", dtype_str(t.scalar_type()),
+                    "; expected ", dtype_str(want),
+                    matrix ? " like adam_m.W_enc (the weight matrices' Adam moments share one dtype)"
+                           : " (master weights and the bias / threshold moments are float32)");
+    }
+  }
+}
+
+bool SaeTrainState::set_moment_dtype(at::ScalarType dtype) {
+  MLXTERP_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
+                "SaeTrainState::set_moment_dtype: the weight-matrix Adam moments are float32 or bfloat16; got ",
+                dtype_str(dtype));
+  if (moment_dtype() == dtype) return false;
+  for (SaeParams* s : {&adam_m, &adam_v}) {
+    s->W_enc = s->W_enc.to(dtype).contiguous();  // to bfloat16: round to nearest even
+    if (s->W_dec.defined()) s->W_dec = s->W_dec.to(dtype).contiguous();
+  }
+  return true;
+}
+
+at::ScalarType sae_moment_dtype(const SAEConfig& c) {
+  if (c.optimizer_state_dtype == "bfloat16") return at::kBFloat16;
+  MLXTERP_CHECK(c.optimizer_state_dtype == "float32", "optimizer_state_dtype must be one of \"float32\", ",
+                "\"bfloat16\", got ", quote(c.optimizer_state_dtype));
+  return at::kFloat;
 }
 
 void sae_threshold_histogram_update(SaeTrainState& st, const at::Tensor& x, const SaeStepArgs& a) {

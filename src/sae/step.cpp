@@ -6,9 +6,12 @@
 // JumpReLU and ReLU use dense autograd (their active sets are not bounded by k).
 #include <cmath>
 
+#include "adam.hpp"
 #include "cpu_kernels.hpp"
 #include "mlxterp/error.hpp"
+#include "mlxterp/sae_kernels.hpp"
 #include "mlxterp/sae_step.hpp"
+#include "mlxterp/util.hpp"
 
 namespace mlxterp {
 
@@ -350,33 +353,56 @@ bool use_sparse_path(const SaeStepArgs& a) {
   return (a.arch == SaeArch::TopK || a.arch == SaeArch::BatchTopK) && !a.ghost_grads;
 }
 
-// `ok` known on the host (CPU tensors: reading it costs nothing): in place, like torch.optim.Adam.
-void adam_update_inplace(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const SaeStepArgs& a,
-                         double bc1, double bc2, bool decay) {
-  m.mul_(a.beta1).add_(g, 1 - a.beta1);
-  v.mul_(a.beta2).addcmul_(g, g, 1 - a.beta2);
-  if (decay && a.weight_decay > 0) p.mul_(1 - a.lr * a.weight_decay);
-  at::Tensor denom = (v / bc2).sqrt_().add_(a.eps);
-  p.addcdiv_(m, denom, -a.lr / bc1);
+}  // namespace
+
+namespace sae_detail {
+
+namespace {
+
+// This step's float32 moments -> bfloat16, stochastically rounded with the CUDA kernels' bits.
+std::pair<at::Tensor, at::Tensor> round_moments(const at::Tensor& m32, const at::Tensor& v32, int64_t t, int matrix) {
+  at::Tensor h = sae_kernels::moment_hash(m32.numel(), sae_kernels::moment_seed(t, matrix), m32.device());
+  return {sae_kernels::round_bf16_stochastic(m32, h, /*high=*/false),
+          sae_kernels::round_bf16_stochastic(v32, h, /*high=*/true)};
 }
 
-// `ok` stays on the device (no synchronisation): compute, then select.
+}  // namespace
+
 void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& ok,
-                 const SaeStepArgs& a, double bc1, double bc2, bool decay) {
-  if (p.is_cpu()) {
-    if (ok.item<bool>()) adam_update_inplace(p, g, m, v, a, bc1, bc2, decay);
+                 const SaeStepArgs& a, int64_t t, bool decay, int matrix, bool in_place) {
+  const bool bf16 = m.scalar_type() == at::kBFloat16;
+  MLXTERP_CHECK(m.scalar_type() == v.scalar_type() && (m.scalar_type() == at::kFloat || (bf16 && matrix >= 0)),
+                "sae_train_step: Adam moments are ", dtype_str(m.scalar_type()), " (m) and ",
+                dtype_str(v.scalar_type()),
+                " (v); expected float32, or bfloat16 for W_enc's and W_dec's only (optimizer_state_dtype)");
+  const double bc1 = 1 - std::pow(a.beta1, double(t)), bc2 = 1 - std::pow(a.beta2, double(t));
+  if (in_place) {
+    if (!ok.item<bool>()) return;
+    at::Tensor m32 = bf16 ? m.to(at::kFloat) : m, v32 = bf16 ? v.to(at::kFloat) : v;  // float32: m, v themselves
+    m32.mul_(a.beta1).add_(g, 1 - a.beta1);
+    v32.mul_(a.beta2).addcmul_(g, g, 1 - a.beta2);
+    if (decay && a.weight_decay > 0) p.mul_(1 - a.lr * a.weight_decay);
+    at::Tensor denom = (v32 / bc2).sqrt_().add_(a.eps);
+    p.addcdiv_(m32, denom, -a.lr / bc1);
+    if (bf16) {
+      auto [m16, v16] = round_moments(m32, v32, t, matrix);
+      m.copy_(m16);
+      v.copy_(v16);
+    }
     return;
   }
-  at::Tensor m_new = m * a.beta1 + g * (1 - a.beta1);
-  at::Tensor v_new = v * a.beta2 + g * g * (1 - a.beta2);
+  at::Tensor m32 = m.to(at::kFloat), v32 = v.to(at::kFloat);  // no copy when float32
+  at::Tensor m_new = m32 * a.beta1 + g * (1 - a.beta1);
+  at::Tensor v_new = v32 * a.beta2 + g * g * (1 - a.beta2);
   at::Tensor p_new = decay && a.weight_decay > 0 ? p * (1 - a.lr * a.weight_decay) : p;
   p_new = p_new - (m_new / bc1) / ((v_new / bc2).sqrt() + a.eps) * a.lr;
   p.copy_(at::where(ok, p_new, p));
+  if (bf16) std::tie(m_new, v_new) = round_moments(m_new, v_new, t, matrix);
   m.copy_(at::where(ok, m_new, m));
   v.copy_(at::where(ok, v_new, v));
 }
 
-}  // namespace
+}  // namespace sae_detail
 
 SaeLossGrads sae_loss_and_grads(const SaeParams& p, const at::Tensor& x, const SaeStepArgs& a, bool tied,
                                 const at::Tensor& dead) {
@@ -473,12 +499,14 @@ void sae_train_step_reference(SaeTrainState& st, const at::Tensor& x, const SaeS
   at::Tensor ok = at::isfinite(f.loss) & at::isfinite(norm) & (st.bad_steps == 0);
 
   const int64_t t = st.adam_step + 1;
-  const double bc1 = 1 - std::pow(a.beta1, double(t)), bc2 = 1 - std::pow(a.beta2, double(t));
-  adam_update(st.params.W_enc, gW_enc, st.adam_m.W_enc, st.adam_v.W_enc, ok, a, bc1, bc2, true);
-  adam_update(st.params.b_enc, gb_enc, st.adam_m.b_enc, st.adam_v.b_enc, ok, a, bc1, bc2, false);
-  if (!st.tied) adam_update(st.params.W_dec, gW_dec, st.adam_m.W_dec, st.adam_v.W_dec, ok, a, bc1, bc2, true);
-  adam_update(st.params.b_dec, gb_dec, st.adam_m.b_dec, st.adam_v.b_dec, ok, a, bc1, bc2, false);
-  if (gth.defined()) adam_update(st.params.threshold, gth, st.adam_m.threshold, st.adam_v.threshold, ok, a, bc1, bc2, false);
+  const bool in_place = st.params.W_enc.is_cpu();  // `ok` costs nothing to read on the CPU
+  using sae_detail::adam_update;
+  adam_update(st.params.W_enc, gW_enc, st.adam_m.W_enc, st.adam_v.W_enc, ok, a, t, true, 0, in_place);
+  adam_update(st.params.b_enc, gb_enc, st.adam_m.b_enc, st.adam_v.b_enc, ok, a, t, false, -1, in_place);
+  if (!st.tied) adam_update(st.params.W_dec, gW_dec, st.adam_m.W_dec, st.adam_v.W_dec, ok, a, t, true, 1, in_place);
+  adam_update(st.params.b_dec, gb_dec, st.adam_m.b_dec, st.adam_v.b_dec, ok, a, t, false, -1, in_place);
+  if (gth.defined())
+    adam_update(st.params.threshold, gth, st.adam_m.threshold, st.adam_v.threshold, ok, a, t, false, -1, in_place);
   if (a.decoder_unit_norm) {
     if (W_dec.is_cpu()) {
       if (ok.item<bool>()) W_dec.div_(W_dec.norm(2, 1, true).clamp_min(1e-12));

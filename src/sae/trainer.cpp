@@ -38,10 +38,11 @@ std::string fmt(double v, int prec = 4) {
   return b;
 }
 
-// Config fields that may differ between a checkpoint and its --resume (they do not change the math).
+// Config fields that may differ between a checkpoint and its --resume (they do not change the math, or, for
+// optimizer_state_dtype, the moments are converted on loading).
 bool resume_may_change(const std::string& key) {
   return key == "checkpoint_every" || key == "log_every" || key == "eval_every" || key == "use_wandb" ||
-         starts_with(key, "wandb_") || key == "device";
+         starts_with(key, "wandb_") || key == "device" || key == "optimizer_state_dtype";
 }
 
 struct Logger {
@@ -163,7 +164,7 @@ SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const
       MLXTERP_CHECK(saved.contains(it.key()) && saved[it.key()] == it.value(), "--resume: the checkpoint was trained with ",
                     it.key(), " = ", saved.contains(it.key()) ? saved[it.key()].dump() : "nothing", "; now ",
                     it.value().dump(), " (resuming needs the same config; only checkpoint_every, log_every, eval_every, ",
-                    "device and the wandb_* fields may change)");
+                    "device, optimizer_state_dtype and the wandb_* fields may change)");
     }
     ojson fp = src.fingerprint();
     for (auto it = fp.begin(); it != fp.end(); ++it)
@@ -175,6 +176,13 @@ SaeTrainResult train_sae(ActivationSource& src, const SAEConfig& user_cfg, const
     st.d_sae = cfg.d_sae(D);
     st.tied = cfg.tied_weights;
     st.from_map(ck.all(), device);
+    // Weight-matrix moments of another dtype than optimizer_state_dtype (a checkpoint from before the field has
+    // float32 ones) are converted: to float32 exactly, to bfloat16 by rounding to nearest.
+    const char* had = st.moment_dtype() == at::kBFloat16 ? "bfloat16" : "float32";
+    if (st.set_moment_dtype(sae_moment_dtype(cfg)) && !opt.quiet)
+      std::fprintf(stderr,
+                   "note: %s: the Adam moments of W_enc, W_dec are %s; converted to %s (optimizer_state_dtype)\n",
+                   path.c_str(), had, cfg.optimizer_state_dtype.c_str());
     step = meta["step"].get<int64_t>();
     last_ckpt = step;
     prior_seconds = meta.value("elapsed_s", 0.0);

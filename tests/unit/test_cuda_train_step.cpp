@@ -23,6 +23,7 @@ double rel(const at::Tensor& got, const at::Tensor& want) {
 struct Case {
   const char* sae_type;
   double auxk_coef, clip;
+  const char* optimizer_state_dtype = "float32";
 };
 
 }  // namespace
@@ -43,8 +44,9 @@ TEST(CudaTrainStep, MatchesTheTrainersReferenceStep) {
   auto o = at::TensorOptions().device(gpu);
   const int64_t d_in = 256, n = 512;
   for (const Case& c : {Case{"topk", 0.0, 0.0}, Case{"topk", 1.0 / 32, 1.0}, Case{"batchtopk", 1.0 / 32, 0.0},
-                        Case{"batchtopk", 0.0, 1.0}}) {
-    SCOPED_TRACE(std::string(c.sae_type) + " auxk " + std::to_string(c.auxk_coef) + " clip " + std::to_string(c.clip));
+                        Case{"batchtopk", 0.0, 1.0}, Case{"topk", 1.0 / 32, 1.0, "bfloat16"}}) {
+    SCOPED_TRACE(std::string(c.sae_type) + " auxk " + std::to_string(c.auxk_coef) + " clip " + std::to_string(c.clip) +
+                 " moments " + c.optimizer_state_dtype);
     SAEConfig cfg;
     cfg.sae_type = c.sae_type;
     cfg.expansion_factor = 8;
@@ -56,6 +58,7 @@ TEST(CudaTrainStep, MatchesTheTrainersReferenceStep) {
     cfg.dead_tokens_window = 1000;
     cfg.weight_decay = 0.01;
     cfg.b_dec_init = "mean";
+    cfg.optimizer_state_dtype = c.optimizer_state_dtype;
     cfg.warmup_steps = 0;
     cfg.validate_for(d_in);
     at::manual_seed(7);
@@ -82,7 +85,7 @@ TEST(CudaTrainStep, MatchesTheTrainersReferenceStep) {
       b.tied = a.tied;
       b.from_map(a.to_map(), gpu);
       b.adam_step = a.adam_step;
-      const SaeParams before = a.params.clone();
+      const SaeParams before = a.params.clone(), m_before = a.adam_m.clone(), v_before = a.adam_v.clone();
       at::Tensor ma0 = a.metric_sums.cpu().clone(), mb0 = b.metric_sums.cpu().clone();
       at::Tensor x = at::randn({n, d_in}, o) * 1.5 + 0.2;
       SaeStepArgs args = sae_step_args(cfg, d_in, a.adam_step, 1000);
@@ -95,6 +98,17 @@ TEST(CudaTrainStep, MatchesTheTrainersReferenceStep) {
             std::tuple{"W_dec", a.params.W_dec, b.params.W_dec, before.W_dec},
             std::tuple{"b_dec", a.params.b_dec, b.params.b_dec, before.b_dec}})
         EXPECT_LT(rel(got - prev, want - prev), 3e-2) << name;
+      // The moments (bf16 ones kept bf16: the kernels round them as the trainer's reference does).
+      const bool m16 = std::string(c.optimizer_state_dtype) == "bfloat16";
+      for (auto [name, got, want, prev] : {std::tuple{"m W_enc", a.adam_m.W_enc, b.adam_m.W_enc, m_before.W_enc},
+                                           std::tuple{"v W_dec", a.adam_v.W_dec, b.adam_v.W_dec, v_before.W_dec}}) {
+        EXPECT_EQ(got.scalar_type(), m16 ? at::kBFloat16 : at::kFloat) << name;
+        EXPECT_EQ(want.scalar_type(), got.scalar_type()) << name;
+        const at::Tensor p32 = prev.to(at::kFloat);
+        // bf16: a step changes v by ~0.1%, a quarter of its spacing, so the change is 0 or one step of 0.4%
+        // wherever the two sides' float32 values (bf16 vs float32 residuals) straddle a rounding point.
+        EXPECT_LT(rel(got.to(at::kFloat) - p32, want.to(at::kFloat) - p32), m16 ? 0.1 : 3e-2) << name;
+      }
       // The trainer's reference decodes with float32 activations, the kernels with the bf16 GEMM's: the
       // losses agree to bf16 accuracy, the counters almost exactly. Compared: this step's metric sums.
       at::Tensor ma = a.metric_sums.cpu() - ma0, mb = b.metric_sums.cpu() - mb0;

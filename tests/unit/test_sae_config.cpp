@@ -44,6 +44,8 @@ const Bad kBad[] = {
     {"adam_beta2", "1.5", "adam_beta2 must be in [0, 1), got 1.5"},
     {"adam_eps", "0", "adam_eps must be > 0, got 0"},
     {"weight_decay", "-0.01", "weight_decay must be >= 0, got -0.01"},
+    {"optimizer_state_dtype", "float16",
+     "optimizer_state_dtype must be one of \"float32\", \"bfloat16\", got \"float16\""},
     {"seed", "-3", "seed must be >= 0, got -3"},
     {"use_ghost_grads", "\"true\"", "use_ghost_grads must be true or false, got \"true\""},
     {"feature_sampling_window", "0", "feature_sampling_window must be >= 1, got 0"},
@@ -160,6 +162,35 @@ TEST(SaeConfig, TypesUnknownKeysAndSetSyntax) {
   EXPECT_EQ(c.wandb_tags->size(), 2u);
   EXPECT_EQ(c.warmup_steps, 1000);
   c.validate();
+}
+
+// optimizer_state_dtype: float32 (exact torch AdamW) by default, bfloat16 by --set / JSON; anything else is
+// refused with a hint; it round-trips through the JSON stored in the SAE's config.json and checkpoints.
+TEST(SaeConfig, OptimizerStateDtype) {
+  SAEConfig c;
+  EXPECT_EQ(c.optimizer_state_dtype, "float32");
+  EXPECT_EQ(c.to_json()["optimizer_state_dtype"], "float32");
+  c.set_assignment("optimizer_state_dtype=bfloat16");
+  c.validate();
+  SAEConfig d = SAEConfig::from_json(nlohmann::json::parse(c.to_json().dump()), "config.json");
+  EXPECT_EQ(d.optimizer_state_dtype, "bfloat16");
+  EXPECT_EQ(d.to_json(), c.to_json());
+  SAEConfig e;
+  e.set("optimizer_state_dtype", "bf16");
+  EXPECT_EQ(
+      error_of([&] { e.validate(); }),
+      "optimizer_state_dtype must be one of \"float32\", \"bfloat16\", got \"bf16\" (did you mean \"bfloat16\"?)");
+  EXPECT_THAT(error_of([&] {
+                SAEConfig e = SAEConfig::from_json({{"optimizer_state_dtype", "int8"}}, "sae.json");
+                e.validate();
+              }),
+              HasSubstr("got \"int8\" (the dtype of W_enc's and W_dec's Adam moments: bfloat16 halves"));
+  EXPECT_EQ(error_of([&] { SAEConfig::from_json({{"optimizer_state_dtype", 16}}, "sae.json"); }),
+            "sae.json: optimizer_state_dtype must be a string, got 16");
+  bool listed = false;
+  for (const auto& f : SAEConfig::fields())
+    if (f.name == "optimizer_state_dtype") listed = f.type == "str" && f.default_value == "\"float32\"";
+  EXPECT_TRUE(listed) << "--help-config should list optimizer_state_dtype (str, default \"float32\")";
 }
 
 TEST(SaeConfig, JsonRoundTrip) {

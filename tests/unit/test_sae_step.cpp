@@ -1,8 +1,15 @@
 // SAE training math: every architecture's loss and gradients against a dense PyTorch reference
 // (tests/golden/sae/grads.json, made by tests/reference/sae_grad_reference.py), central finite differences,
-// and whole training steps (projection, clipping, Adam, renormalisation, dead counters) against torch.optim.Adam.
+// and whole training steps (projection, clipping, Adam, renormalisation, dead counters) against torch.optim.Adam;
+// bfloat16 Adam moments (optimizer_state_dtype) against the float32 step they round.
+#include <gmock/gmock.h>
+
+#include <bit>
+
 #include "common.hpp"
+#include "mlxterp/sae_kernels.hpp"
 #include "mlxterp/sae_step.hpp"
+#include "sae/adam.hpp"
 
 using namespace mlxterp;
 using namespace mlxterp::test;
@@ -346,6 +353,184 @@ TEST(SaeStep, ThresholdHistogramCalibration) {
   double th = sae_threshold_from_histogram(st.calib_hist, 7, 1000);
   double l0 = (x > th).sum().item<double>() / 1000.0;
   EXPECT_NEAR(l0, 7.0, 0.02) << "threshold " << th;
+}
+
+// ---- bfloat16 Adam moments (optimizer_state_dtype = "bfloat16") ----
+
+namespace sk = mlxterp::sae_kernels;
+
+// The moments of W_enc (matrix 0) / W_dec (matrix 1) that step t stores, from its float32 moments.
+at::Tensor sr_moment(const at::Tensor& m32, int64_t t, int matrix, bool high) {
+  return sk::round_bf16_stochastic(m32, sk::moment_hash(m32.numel(), sk::moment_seed(t, matrix), m32.device()), high);
+}
+
+bool same_bits(const at::Tensor& a, const at::Tensor& b) {
+  return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() && at::equal(a, b);
+}
+
+// One step from zero moments with known gradients (no projection, no clipping, no renormalisation): the float32
+// moments are (1-β1) g and (1-β2) g², the parameter update uses them unrounded, and the stored bf16 moments are
+// exactly round_bf16_stochastic of them with moment_hash(numel, moment_seed(1, matrix)). A second step from
+// bf16 moments equals the float32 step from their upcast copies, rounded with step 2's bits.
+TEST(SaeStep, Bf16MomentsAreTheFloat32StepStochasticallyRounded) {
+  SAEConfig cfg;
+  cfg.expansion_factor = 4;
+  cfg.k = 4;
+  cfg.weight_decay = 0.01;
+  const int64_t D = 16;
+  at::manual_seed(11);
+  at::Tensor first = at::randn({256, D});
+  SaeTrainState s32 = sae_init_state(cfg, D, first, at::kCPU);
+  cfg.optimizer_state_dtype = "bfloat16";
+  SaeTrainState s16 = sae_init_state(cfg, D, first, at::kCPU);
+  ASSERT_EQ(s16.moment_dtype(), at::kBFloat16);
+  for (const SaeParams* m : {&s16.adam_m, &s16.adam_v}) {
+    EXPECT_EQ(m->W_enc.scalar_type(), at::kBFloat16);
+    EXPECT_EQ(m->W_dec.scalar_type(), at::kBFloat16);
+    EXPECT_EQ(m->b_enc.scalar_type(), at::kFloat);
+    EXPECT_EQ(m->b_dec.scalar_type(), at::kFloat);
+  }
+  SaeStepArgs a = sae_step_args(cfg, D, 500, 1000);
+  a.lr = 1e-2;
+  a.decoder_unit_norm = false;
+  a.clip = 0;
+  const SaeParams p0 = s16.params.clone();
+  at::Tensor x = at::randn({64, D});
+  SaeLossGrads lg = sae_loss_and_grads(p0, x, a, /*tied=*/false);  // the gradients the step will use
+  sae_train_step_reference(s32, x, a);
+  sae_train_step_reference(s16, x, a);
+  ASSERT_EQ(s16.bad_steps.item<int64_t>(), 0);
+
+  const double bc1 = 1 - a.beta1, bc2 = 1 - a.beta2;  // t = 1
+  const char* names[] = {"W_enc", "W_dec"};
+  for (int i = 0; i < 2; ++i) {
+    const std::string n = names[i];
+    at::Tensor g = lg.grads.named().at(n);
+    at::Tensor m32 = s32.adam_m.named().at(n), v32 = s32.adam_v.named().at(n);
+    EXPECT_TRUE(at::allclose(m32, g * (1 - a.beta1), 1e-6, 0)) << n;
+    EXPECT_TRUE(at::allclose(v32, g * g * (1 - a.beta2), 1e-6, 0)) << n;
+    EXPECT_TRUE(same_bits(s16.adam_m.named().at(n), sr_moment(m32, 1, i, false))) << n << ": m";
+    EXPECT_TRUE(same_bits(s16.adam_v.named().at(n), sr_moment(v32, 1, i, true))) << n << ": v";
+    // Not simply round-to-nearest (the test would not see the hash otherwise).
+    EXPECT_FALSE(at::equal(s16.adam_m.named().at(n), m32.to(at::kBFloat16))) << n;
+    // The update: the same bits as the float32 step, and by hand with the unrounded moments, not the rounded.
+    at::Tensor p1 = s16.params.named().at(n);
+    EXPECT_TRUE(same_bits(p1, s32.params.named().at(n))) << n;
+    at::Tensor delta = p1 - p0.named().at(n) * (1 - a.lr * a.weight_decay);
+    auto update = [&](const at::Tensor& m, const at::Tensor& v) {
+      return -a.lr * (m.to(at::kDouble) / bc1) / ((v.to(at::kDouble) / bc2).sqrt() + a.eps);
+    };
+    const double unrounded = max_abs_diff(delta, update(m32, v32));
+    const double rounded = max_abs_diff(delta, update(s16.adam_m.named().at(n), s16.adam_v.named().at(n)));
+    EXPECT_LT(unrounded, 1e-4 * a.lr) << n;
+    EXPECT_GT(rounded, 1e-3 * a.lr) << n << ": the update should use the unrounded float32 moments";
+  }
+  for (const char* n : {"b_enc", "b_dec"}) {
+    EXPECT_TRUE(same_bits(s16.params.named().at(n), s32.params.named().at(n))) << n;
+    EXPECT_TRUE(same_bits(s16.adam_m.named().at(n), s32.adam_m.named().at(n))) << n;
+    EXPECT_TRUE(same_bits(s16.adam_v.named().at(n), s32.adam_v.named().at(n))) << n;
+  }
+
+  // Step 2 from the stored bf16 moments: the float32 step from their exact upcasts, rounded with t = 2's bits.
+  s16.adam_step = s32.adam_step = 1;
+  for (auto [f, h] : {std::pair{&s32.adam_m, &s16.adam_m}, std::pair{&s32.adam_v, &s16.adam_v}}) {
+    f->W_enc = h->W_enc.to(at::kFloat);
+    f->W_dec = h->W_dec.to(at::kFloat);
+  }
+  a.decoder_unit_norm = true;  // and the whole step this time
+  a.clip = 1.0;
+  at::Tensor x2 = at::randn({64, D});
+  sae_train_step_reference(s32, x2, a);
+  sae_train_step_reference(s16, x2, a);
+  for (int i = 0; i < 2; ++i) {
+    const std::string n = names[i];
+    EXPECT_TRUE(same_bits(s16.params.named().at(n), s32.params.named().at(n))) << n << " (step 2)";
+    EXPECT_TRUE(same_bits(s16.adam_m.named().at(n), sr_moment(s32.adam_m.named().at(n), 2, i, false))) << n;
+    EXPECT_TRUE(same_bits(s16.adam_v.named().at(n), sr_moment(s32.adam_v.named().at(n), 2, i, true))) << n;
+  }
+
+  // Resampling dead latents zeroes their rows of the bf16 moments and leaves the dtype alone.
+  s16.tokens_since_fired.narrow(0, 0, 5).fill_(int64_t(1) << 40);
+  ASSERT_EQ(sae_resample_dead(s16, x2, a, 7), 5);
+  for (const SaeParams* m : {&s16.adam_m, &s16.adam_v}) {
+    EXPECT_EQ(m->W_enc.scalar_type(), at::kBFloat16);
+    EXPECT_EQ(m->W_dec.scalar_type(), at::kBFloat16);
+    EXPECT_TRUE(m->W_enc.narrow(0, 0, 5).eq(0).all().item<bool>());
+    EXPECT_TRUE(m->W_dec.narrow(0, 0, 5).eq(0).all().item<bool>());
+    EXPECT_TRUE(m->W_enc.narrow(0, 5, 59).ne(0).any().item<bool>());
+  }
+}
+
+// Both branches of the trainer's AdamW (in place with `ok` read on the host; at::where with `ok` on the device),
+// run here on CPU tensors: bf16 moments are that branch's float32 result rounded, and ok = false changes nothing.
+TEST(SaeStep, Bf16MomentsInBothAdamBranches) {
+  SaeStepArgs a;
+  a.lr = 3e-3;
+  a.weight_decay = 0.1;
+  at::manual_seed(4);
+  at::Tensor p = at::randn({96, 24}), g = at::randn({96, 24}) * 1e-2;
+  at::Tensor m16 = (at::randn({96, 24}) * 1e-3).to(at::kBFloat16), v16 = (at::rand({96, 24}) * 1e-4).to(at::kBFloat16);
+  const int64_t t = 57;
+  for (const bool in_place : {true, false}) {
+    for (const bool ok : {true, false}) {
+      const at::Tensor okt = at::scalar_tensor(ok, at::kBool);
+      at::Tensor p32 = p.clone(), m32 = m16.to(at::kFloat), v32 = v16.to(at::kFloat);
+      sae_detail::adam_update(p32, g, m32, v32, okt, a, t, /*decay=*/true, /*matrix=*/-1, in_place);
+      at::Tensor ph = p.clone(), mh = m16.clone(), vh = v16.clone();
+      sae_detail::adam_update(ph, g, mh, vh, okt, a, t, /*decay=*/true, /*matrix=*/1, in_place);
+      const std::string what = cat(in_place ? "in place" : "at::where", ", ok ", ok);
+      EXPECT_TRUE(same_bits(ph, p32)) << what;
+      if (ok) {
+        EXPECT_FALSE(at::equal(ph, p)) << what;
+        EXPECT_TRUE(same_bits(mh, sr_moment(m32, t, 1, false))) << what;
+        EXPECT_TRUE(same_bits(vh, sr_moment(v32, t, 1, true))) << what;
+      } else {
+        EXPECT_TRUE(same_bits(ph, p) && same_bits(mh, m16) && same_bits(vh, v16)) << what << ": changed";
+      }
+    }
+  }
+  // Bias / threshold moments (matrix -1) must be float32.
+  at::Tensor pb = p.clone(), mb = m16.clone(), vb = v16.clone();
+  EXPECT_THAT(error_of([&] {
+                sae_detail::adam_update(pb, g, mb, vb, at::scalar_tensor(true, at::kBool), a, 1, false, -1, true);
+              }),
+              ::testing::HasSubstr("bfloat16 for W_enc's and W_dec's only"));
+}
+
+// Stochastic rounding keeps an EMA moving: v <- 0.999 v + 0.001 c from 0 (Adam's v under a constant gradient)
+// stored in bf16 each step tracks the float32 EMA, while round-to-nearest stalls once 0.001 (c - v) is below
+// half of v's last place (v ~ c/4 here). And one value rounded many times: only its two bf16 neighbours, the
+// mean is the value.
+TEST(SaeStep, Bf16StochasticRoundingIsUnbiasedAndDoesNotStall) {
+  const int64_t n = 4096, T = 3000;
+  at::manual_seed(9);
+  at::Tensor c = at::exp(at::rand({n}) * -12);  // g² over 12 e-folds
+  at::Tensor v32 = at::zeros({n}), vsr = at::zeros({n}, at::kBFloat16), vrne = at::zeros({n}, at::kBFloat16);
+  for (int64_t t = 1; t <= T; ++t) {
+    v32 = v32 * 0.999 + c * 0.001;
+    vsr = sr_moment(vsr.to(at::kFloat) * 0.999 + c * 0.001, t, 1, /*high=*/true);
+    vrne = (vrne.to(at::kFloat) * 0.999 + c * 0.001).to(at::kBFloat16);
+  }
+  const double sr = (vsr.to(at::kDouble) / v32.to(at::kDouble)).mean().item<double>();
+  const double rne = (vrne.to(at::kDouble) / v32.to(at::kDouble)).mean().item<double>();
+  const double worst = (vsr.to(at::kDouble) / v32.to(at::kDouble) - 1).abs().max().item<double>();
+  EXPECT_NEAR(sr, 1.0, 0.01) << "stochastic rounding: mean of v_bf16 / v_f32 after " << T << " steps";
+  EXPECT_LT(worst, 0.25) << "stochastic rounding: some element strayed";
+  EXPECT_LT(rne, 0.95) << "round-to-nearest should visibly stall (else this test does not discriminate)";
+
+  const int64_t N = 1 << 16;
+  at::Tensor h = sk::moment_hash(N, sk::moment_seed(12345, 0), at::kCPU);
+  for (const float x : {0.1f, 3.3e-7f, -1234.56f, 1.0f + 0x1p-10f}) {
+    const uint32_t cut = std::bit_cast<uint32_t>(x) & 0xffff0000u;  // bf16 toward zero, and one place further out
+    const float down = std::bit_cast<float>(cut), up = std::bit_cast<float>(cut + 0x10000u);
+    for (const bool high : {false, true}) {
+      at::Tensor r = sk::round_bf16_stochastic(at::full({N}, x), h, high).to(at::kFloat);
+      EXPECT_TRUE((r.eq(down) | r.eq(up)).all().item<bool>()) << x << ": a result is not a bf16 neighbour";
+      EXPECT_TRUE(r.eq(down).any().item<bool>() && r.eq(up).any().item<bool>()) << x << ": always one side";
+      const double mean = r.to(at::kDouble).mean().item<double>();
+      EXPECT_LT(std::abs(mean / double(x) - 1), 1e-3) << x << " (high " << high << "): mean " << mean;
+    }
+  }
 }
 
 }  // namespace

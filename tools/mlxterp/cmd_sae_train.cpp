@@ -46,8 +46,9 @@ int run(const Opts& o, const Globals& g) {
   if (out.empty()) throw UsageError("sae train: --out DIR is required");
 
   SAEConfig cfg;
-  if (!o.resume.empty() && o.config.empty() && o.sets.empty()) {
-    // Resuming without a config: take the checkpoint's.
+  if (!o.resume.empty() && o.config.empty()) {
+    // Resuming without a config: take the checkpoint's (--set then changes what may change, e.g.
+    // optimizer_state_dtype or log_every).
     std::string ck = join_path(o.resume, "checkpoint.safetensors");
     MLXTERP_CHECK(file_exists(ck), "--resume ", o.resume, ": no checkpoint.safetensors there; expected the --out ",
                   "directory of an interrupted `sae train` run");
