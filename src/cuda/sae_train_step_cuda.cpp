@@ -32,7 +32,9 @@ struct CachedStepper {
 
 sk::Stepper& stepper_for(const at::Tensor& W_enc) {
   static std::mutex mu;
-  static std::vector<CachedStepper> cache;
+  // Never destroyed: a Stepper holds CUDA memory (the bf16 copies, a pinned count for AuxK), and freeing it
+  // from a static destructor, after the CUDA runtime has shut down, aborts the process at exit.
+  static auto& cache = *new std::vector<CachedStepper>();
   std::lock_guard<std::mutex> lock(mu);
   std::vector<CachedStepper> live;
   for (auto& c : cache)
