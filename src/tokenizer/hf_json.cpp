@@ -84,6 +84,18 @@ void add_normalizer(const json& j, const std::string& where, PipelineSpec& spec)
     spec.normalizers.push_back(s);
   } else if (t == "Lowercase") {
     spec.normalizers.push_back({NormalizerStep::Lowercase, "", "", nullptr});
+  } else if (t == "StripAccents") {
+    spec.normalizers.push_back({NormalizerStep::StripAccents, "", "", nullptr});
+  } else if (t == "Precompiled") {
+    // SentencePiece's compiled character map (T5, ALBERT, XLM-R, mBART); null or "" maps nothing.
+    const std::string w = where + " Precompiled normalizer";
+    const json& cm = j.contains("precompiled_charsmap") ? j["precompiled_charsmap"] : json();
+    MLXTERP_CHECK(cm.is_null() || cm.is_string(), w, ": precompiled_charsmap must be a base64 string; got ",
+                  cm.type_name());
+    NormalizerStep s{NormalizerStep::Precompiled, "", "", nullptr};
+    s.charsmap = std::make_shared<PrecompiledCharsmap>(
+        cm.is_string() ? base64_decode(cm.get<std::string>(), w) : std::string(), w);
+    spec.normalizers.push_back(s);
   } else if (t == "BertNormalizer") {
     NormalizerStep s{NormalizerStep::Bert, "", "", nullptr};
     auto flag = [&](const char* k, bool dflt) { return j.contains(k) && !j[k].is_null() ? j[k].get<bool>() : dflt; };
@@ -93,7 +105,8 @@ void add_normalizer(const json& j, const std::string& where, PipelineSpec& spec)
     s.bert.strip_accents = flag("strip_accents", s.bert.lowercase);  // null: follows lowercase
     spec.normalizers.push_back(s);
   } else {
-    unsupported(where, "normalizer", t, "Sequence, Prepend, Replace, Strip, NFC, NFD, NFKC, NFKD, Lowercase, BertNormalizer");
+    unsupported(where, "normalizer", t, "Sequence, Prepend, Replace, Strip, StripAccents, NFC, NFD, NFKC, NFKD, Lowercase, BertNormalizer, "
+                "Precompiled");
   }
 }
 

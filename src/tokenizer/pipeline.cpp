@@ -220,6 +220,12 @@ std::string PipelineTokenizer::normalize(std::string_view text) const {
       case NormalizerStep::Bert:
         s = bert_normalize(s, n.bert);
         break;
+      case NormalizerStep::StripAccents:
+        s = strip_marks(s);
+        break;
+      case NormalizerStep::Precompiled:
+        s = n.charsmap->normalize(s);
+        break;
     }
   }
   return s;

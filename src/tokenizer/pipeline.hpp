@@ -13,6 +13,7 @@
 #include "mlxterp/tokenizer.hpp"
 #include "tokenizer/added.hpp"
 #include "tokenizer/bpe.hpp"
+#include "tokenizer/precompiled.hpp"
 #include "tokenizer/regex.hpp"
 #include "tokenizer/subword.hpp"
 #include "tokenizer/unicode.hpp"
@@ -20,12 +21,13 @@
 namespace mlxterp::tok {
 
 struct NormalizerStep {
-  enum Kind { Prepend, Replace, ReplaceRegex, Strip, Unicode, Lowercase, Bert } kind;
+  enum Kind { Prepend, Replace, ReplaceRegex, Strip, Unicode, Lowercase, Bert, StripAccents, Precompiled } kind;
   std::string a, b;  // Prepend: a; Replace: a -> b
   std::shared_ptr<Regex> re;
   bool left = false, right = false;  // Strip
   NormalForm form = NormalForm::NFC;  // Unicode
   BertNormalizerOptions bert;         // Bert
+  std::shared_ptr<const PrecompiledCharsmap> charsmap;  // Precompiled
 };
 
 enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };

@@ -111,4 +111,15 @@ std::string bert_normalize(std::string_view s, const BertNormalizerOptions& o) {
   return out;
 }
 
+std::string strip_marks(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const size_t b = i;
+    const auto c = category(next_codepoint(s, i));
+    if (c != UTF8PROC_CATEGORY_MN && c != UTF8PROC_CATEGORY_MC && c != UTF8PROC_CATEGORY_ME) out.append(s, b, i - b);
+  }
+  return out;
+}
+
 }  // namespace mlxterp::tok

@@ -22,6 +22,9 @@ struct BertNormalizerOptions {
   bool clean_text = true, handle_chinese_chars = true, strip_accents = true, lowercase = true;
 };
 std::string bert_normalize(std::string_view s, const BertNormalizerOptions& o);
+// HF's StripAccents normalizer: drops every combining mark (general category Mn, Mc or Me); it does not
+// decompose first (tokenizer.json files put an NFD / NFKD before it).
+std::string strip_marks(std::string_view s);
 
 // General category tests on a code point.
 bool is_unicode_punctuation(uint32_t cp);  // P* (Pc Pd Ps Pe Pi Pf Po)

@@ -18,6 +18,13 @@ the reference. Two kinds of variant:
 
 Also gguf-pre.json: ids for every GGUF tokenizer.ggml.pre name we map to split regexes (see GGUF_PRE).
 
+Precompiled normalizers (T5, ALBERT, XLM-R, mBART: SentencePiece's compiled character map): the charsmaps are
+built by the `sentencepiece` Python package (training a throwaway 300-piece model on the same text and reading
+normalizer_spec.precompiled_charsmap out of its ModelProto): one from a small rule file (PRECOMPILED_RULES, which
+exercises multi-character sources, expansions, a deletion and the shortest-prefix quirk) and SentencePiece's
+built-in nmt_nfkc. They are applied as edits of the trained unigram tokenizer; the edit (with the base64 map)
+is stored in the golden.
+
 Output: extra_strings.json (normalization-specific strings appended to ../strings.json) and one
 <name>.json per variant: {"base" or "file", "edit", "reference", "n_strings", "with_special",
 "decoded", "ids"} in the format of make_tokenizer_goldens.py.
@@ -44,7 +51,97 @@ EXTRA = [
     "\u0000\u0001 ctrl\u007f", "\ufffd replacement", "\u00ad soft\u00adhyphen", "tab\there\u000bvt",
     "emoji\U0001f600 \U0001f1eb\U0001f1f7", "unaffable", "unbelievable!!", "don't stop", "e.g. U.S.A.",
     "running jumped quickly", "A" * 120, "Supercalifragilisticexpialidocious" * 4,
+    # Precompiled (see PRECOMPILED_RULES): a rule for 'x' swallows the rest of a short grapheme starting with x,
+    # a long grapheme (>= 6 bytes) goes character by character, 'kk' never matches a one-character grapheme.
+    "x\u0301yz xx x\u0301\u0302\u0303 ax\u0301", "kk kkk k", "a\u0301 \u1100\u1161 \u1100\u1161\u11a8",
+    "soft\u00adhy\u00adphen \u3000wide\u3000space", "``quoted'' \u2126hm \u2460\u2461",
+    "e\u0301\u0323\u0300 \U0001f468\u200d\U0001f469\u200d\U0001f467 \U0001f44d\U0001f3fd",
+    "ALBERT's \u00c9T\u00c9  double  spaces", "\ufb01le \ufb03x \uff21\uff22\uff23xyz", "q\u0301 q qu\u0301",
 ]
+
+
+# SentencePiece normalization rules (source code points -> target code points, hex; empty target = delete).
+PRECOMPILED_RULES = [
+    *[(f"{0xFF21 + i:X}", f"{0x41 + i:X}") for i in range(26)],  # full-width A-Z
+    ("FB01", "66 69"), ("FB03", "66 66 69"), ("2460", "31"), ("2461", "32"), ("2126", "3A9"),
+    ("61 301", "E1"), ("78", "58"), ("6B 6B", "4B"), ("3000", "20"), ("AD", ""), ("1100 1161", "AC00"),
+    ("65 301 323", "1EC7"),
+    ("71", "71 71"), ("71 301", "51"),  # nested keys: HF takes the shorter, so q + U+0301 -> "qq", not "Q"
+]
+
+
+def _varint(b, i):
+    v = shift = 0
+    while True:
+        c = b[i]
+        i += 1
+        v |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return v, i
+
+
+def _proto_field(b, want):
+    """The bytes of length-delimited field `want` of a serialized protobuf message (no protobuf package needed)."""
+    i = 0
+    while i < len(b):
+        key, i = _varint(b, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            _, i = _varint(b, i)
+        elif wt == 1:
+            i += 8
+        elif wt == 5:
+            i += 4
+        elif wt == 2:
+            n, i = _varint(b, i)
+            if num == want:
+                return b[i:i + n]
+            i += n
+        else:
+            raise ValueError(f"wire type {wt}")
+    return b""
+
+
+def spm_charsmap(lines, rule_name=None, rules=None):
+    """base64 precompiled_charsmap that SentencePiece compiles for a built-in rule set or a rule list."""
+    import base64
+    import sentencepiece as spm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        txt = os.path.join(tmp, "text.txt")
+        with open(txt, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines[:3000]))
+        kw = dict(input=txt, model_prefix=os.path.join(tmp, "m"), vocab_size=300, model_type="unigram",
+                  minloglevel=2)
+        if rules is not None:
+            tsv = os.path.join(tmp, "rules.tsv")
+            with open(tsv, "w", encoding="utf-8") as f:
+                f.write("".join(f"{a}\t{b}\n" for a, b in rules))
+            kw["normalization_rule_tsv"] = tsv
+        else:
+            kw["normalization_rule_name"] = rule_name
+        spm.SentencePieceTrainer.train(**kw)
+        proto = open(os.path.join(tmp, "m.model"), "rb").read()
+    spec = _proto_field(proto, 3)  # ModelProto.normalizer_spec
+    return base64.b64encode(_proto_field(spec, 2)).decode()  # NormalizerSpec.precompiled_charsmap
+
+
+def precompiled_edits(lines):
+    small = spm_charsmap(lines, rules=PRECOMPILED_RULES)
+    nfkc = spm_charsmap(lines, rule_name="nmt_nfkc")
+    spaces = {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}
+    return {
+        "unigram-precompiled": ("@unigram", {"normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Precompiled", "precompiled_charsmap": small}, spaces]}}),
+        "unigram-albert": ("@unigram", {"normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Replace", "pattern": {"String": "``"}, "content": '"'},
+            {"type": "Replace", "pattern": {"String": "''"}, "content": '"'},
+            {"type": "NFKD"}, {"type": "StripAccents"}, {"type": "Lowercase"},
+            {"type": "Precompiled", "precompiled_charsmap": small}, spaces]}}),
+        "unigram-nmt-nfkc": ("@unigram", {"normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Precompiled", "precompiled_charsmap": nfkc}, spaces]}}),
+    }
 
 
 def load_text(data, n_bytes=200_000):
@@ -208,6 +305,10 @@ def main():
     if not (os.path.exists(ug) and os.path.exists(ugb)):
         train_unigram(lines, ug, ugb)
 
+    TRAINED_EDITS.update(precompiled_edits(lines))
+    for name in TRAINED_EDITS:
+        if name not in TRAINED:
+            TRAINED.append(name)
     version = "tokenizers " + tokenizers.__version__
     jobs = []  # (name, golden header, tokenizer path)
     with tempfile.TemporaryDirectory() as tmp:

@@ -124,7 +124,7 @@ TEST_P(TokenizerVariant, IdsAndDecodeMatchReference) {
 INSTANTIATE_TEST_SUITE_P(Reference, TokenizerVariant,
                          ::testing::Values("gpt2-nfc", "gpt2-nfd", "gpt2-nfkc", "gpt2-nfkd-lower", "gpt2-bertnorm",
                                            "llama3-nfc", "llama2-nfkc-lower", "wordpiece-bert", "wordpiece-cased",
-                                           "unigram", "unigram-bytes"),
+                                           "unigram", "unigram-bytes", "unigram-precompiled", "unigram-albert"),
                          param_name);
 
 // Every GGUF tokenizer.ggml.pre name we map to split regexes, on the shared gpt-2 vocabulary with the name

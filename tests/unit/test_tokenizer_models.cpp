@@ -115,7 +115,24 @@ TEST(TokenizerModels, UnicodeNormalizersBeforeTheModel) {
   EXPECT_EQ(with({{"type", "Lowercase"}})->encode("\xC4\xB0"), (std::vector<int32_t>{5}));  // İ -> i + dot above
   EXPECT_EQ(with({{"type", "BertNormalizer"}, {"lowercase", true}})->encode("\xC3\x89"),
             (std::vector<int32_t>{2}));  // É: accents stripped with lowercase (strip_accents unset)
-  const std::string err = error_of([&] { with({{"type", "Precompiled"}, {"precompiled_charsmap", ""}}); });
+  // StripAccents drops marks but does not decompose: only after NFD does é lose its accent.
+  EXPECT_EQ(with({{"type", "StripAccents"}})->encode(composed), (std::vector<int32_t>{1}));
+  EXPECT_EQ(with({{"type", "Sequence"}, {"normalizers", {{{"type", "NFD"}}, {{"type", "StripAccents"}}}}})
+                ->encode(composed),
+            (std::vector<int32_t>{2}));
+  // Precompiled without a map changes nothing; a broken map is refused when loading, not while encoding.
+  EXPECT_EQ(with({{"type", "Precompiled"}, {"precompiled_charsmap", ""}})->encode(decomposed),
+            (std::vector<int32_t>{2, 3}));
+  EXPECT_EQ(with({{"type", "Precompiled"}, {"precompiled_charsmap", nullptr}})->encode(composed),
+            (std::vector<int32_t>{1}));
+  std::string err = error_of([&] { with({{"type", "Precompiled"}, {"precompiled_charsmap", "ab$d"}}); });
+  EXPECT_NE(err.find("invalid base64 character at offset 2"), std::string::npos) << err;
+  // 0xE8 0x03 0 0: a trie of 1000 bytes declared in a 4-byte map.
+  err = error_of([&] { with({{"type", "Precompiled"}, {"precompiled_charsmap", "6AMAAA=="}}); });
+  EXPECT_NE(err.find("declares a trie of 1000 bytes in a map of 4"), std::string::npos) << err;
+  err = error_of([&] { with({{"type", "Precompiled"}, {"precompiled_charsmap", 7}}); });
+  EXPECT_NE(err.find("must be a base64 string"), std::string::npos) << err;
+  err = error_of([&] { with({{"type", "Nmt"}}); });
   EXPECT_NE(err.find("normalizer"), std::string::npos) << err;
 }
 
