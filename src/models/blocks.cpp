@@ -127,7 +127,7 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const Rope& r, const at::Tensor& 
   }
   // freqs [b, t, rot/2] computed in float32 as HF (autocast disabled there).
   at::Tensor freqs = position_ids.to(at::kFloat).unsqueeze(-1) * inv.view({1, 1, -1});
-  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  at::Tensor emb = r.interleaved ? at::stack({freqs, freqs}, -1).flatten(-2) : at::cat({freqs, freqs}, -1);
   at::Tensor cos = emb.cos(), sin = emb.sin();
   if (r.attention_scaling != 1.0) {
     cos = cos * r.attention_scaling;
@@ -149,6 +149,21 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   if (rot == x.size(-1)) return x * c + rotate_half(x) * s;
   at::Tensor xr = x.narrow(-1, 0, rot), xp = x.narrow(-1, rot, x.size(-1) - rot);
   return at::cat({xr * c + rotate_half(xr) * s, xp}, -1);
+}
+
+static at::Tensor rotate_every_two(const at::Tensor& x) {
+  const int64_t d = x.size(-1);
+  return at::stack({-x.slice(-1, 1, d, 2), x.slice(-1, 0, d, 2)}, -1).flatten(-2);
+}
+
+at::Tensor apply_rope_interleaved(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  // x [b, heads, t, d]; cos/sin [b, t, rot] float32 -> [b, 1, t, rot].
+  const int64_t rot = cos.size(-1);
+  at::Tensor c = cos.unsqueeze(1).to(at::kFloat), s = sin.unsqueeze(1).to(at::kFloat);
+  at::Tensor xr = x.narrow(-1, 0, rot).to(at::kFloat);
+  at::Tensor yr = (xr * c + rotate_every_two(xr) * s).to(x.scalar_type());
+  if (rot == x.size(-1)) return yr;
+  return at::cat({yr, x.narrow(-1, rot, x.size(-1) - rot)}, -1);
 }
 
 // ---- masks and attention ----------------------------------------------------------------------------

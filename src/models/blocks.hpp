@@ -35,12 +35,20 @@ struct Rope {
   int64_t n_ctx = 0;                // max_position_embeddings (dynamic / longrope switch)
   at::Tensor inv_freq;              // [rot_dim / 2] float32
   double attention_scaling = 1.0;   // yarn / longrope multiply cos and sin by this
+  // GPT-J's rotate_every_two convention: dims (0,1), (2,3), ... are the rotated pairs, and
+  // rope_cos_sin repeats each frequency twice in place ([f0, f0, f1, f1, ...]) instead of [f | f].
+  bool interleaved = false;
 };
 Rope make_rope(const RopeParams& params, int64_t d_head, int64_t n_ctx);
-// cos, sin: [batch, t, rot_dim] (float32) for absolute positions [batch, t].
+// cos, sin: [batch, t, rot_dim] (float32) for absolute positions [batch, t], laid out for the rope's
+// convention (rotate_half or interleaved).
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const Rope& rope, const at::Tensor& position_ids);
 // HF rotate_half layout: x [b, heads, t, d_head]; rotates the first rot_dim dims.
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// GPT-J's interleaved layout (rotate_every_two) with cos/sin from an interleaved Rope: x [b, heads, t, d_head];
+// rotates the first rot_dim dims, computed in float32 (HF GPT-J keeps its sin/cos table in float32, so
+// the rotation is promoted) and cast back to x's dtype.
+at::Tensor apply_rope_interleaved(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 // ---- masks and attention ------------------------------------------------------------------------
 

@@ -227,8 +227,9 @@ at::Tensor LlamaModel::attend(int i, QKV p, Context& ctx, Hooks& H) {
     const std::string& kind = c.layer_types[i];
     auto cs = ctx.cos_sin.find(kind);
     if (cs == ctx.cos_sin.end()) cs = ctx.cos_sin.emplace(kind, blocks::rope_cos_sin(ropes_[i], ctx.positions)).first;
-    q = blocks::apply_rope(q, cs->second.first, cs->second.second);
-    k = blocks::apply_rope(k, cs->second.first, cs->second.second);
+    const auto rope = ropes_[i].interleaved ? blocks::apply_rope_interleaved : blocks::apply_rope;
+    q = rope(q, cs->second.first, cs->second.second);
+    k = rope(k, cs->second.first, cs->second.second);
   }
   if (ctx.cache) {
     auto& ck = ctx.cache->k[i];
