@@ -261,6 +261,48 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   if (!any_sliding) c.sliding_window.reset();
   MLXTERP_CHECK(!any_sliding || c.sliding_window, where, ": layer_types has sliding_attention layers but no sliding_window");
   c.rope = parse_rope(t, where);
+  // StableLM, StarCoder2, Phi and GPT-J (LayerNorm families) name their epsilon and biases their own way;
+  // transformers also writes an unused rms_norm_eps into their config.json, which must not win. StableLM's,
+  // Phi's and GPT-J's classes default to untied embeddings; StableLM rotates 25% of each head.
+  // Whether the config states the rotated fraction (top level, rope_parameters or rope_scaling).
+  auto has_rotary_factor = [&] {
+    auto given = [](const json& o) {
+      return o.is_object() && o.contains("partial_rotary_factor") && !o["partial_rotary_factor"].is_null();
+    };
+    return given(t) || (t.contains("rope_parameters") && given(t["rope_parameters"])) ||
+           (t.contains("rope_scaling") && given(t["rope_scaling"]));
+  };
+  const bool untied_by_default = c.model_type == "stablelm" || c.model_type == "phi" || c.model_type == "gptj";
+  if (untied_by_default && !j.contains("tie_word_embeddings") && !t.contains("tie_word_embeddings"))
+    c.tie_word_embeddings = false;
+  if (c.model_type == "stablelm") {
+    c.norm_eps = json_float(t, "layer_norm_eps", 1e-5, where);
+    c.attention_bias = json_bool(t, "use_qkv_bias", false, where);
+    if (!has_rotary_factor())
+      for (auto& [kind, r] : c.rope) r.partial_rotary_factor = 0.25;
+  } else if (c.model_type == "starcoder2") {
+    c.norm_eps = json_float(t, "norm_epsilon", 1e-5, where);
+    c.attention_bias = c.mlp_bias = json_bool(t, "use_bias", true, where);
+  }
+  // Phi (1, 1.5, 2) rotates half of each head unless told; GPT-J rotates `rotary_dim` dims of each head
+  // (class default 64; null = the whole head).
+  if (c.model_type == "phi" || c.model_type == "gptj") {
+    const bool phi = c.model_type == "phi";
+    c.norm_eps = json_float(t, phi ? "layer_norm_eps" : "layer_norm_epsilon", 1e-5, where);
+    if (phi && !has_rotary_factor())
+      for (auto& [kind, r] : c.rope) r.partial_rotary_factor = 0.5;
+    if (!phi && c.d_head > 0) {
+      const int64_t rot = t.contains("rotary_dim") ? json_int(t, "rotary_dim", c.d_head, where) : 64;
+      MLXTERP_CHECK(rot > 0 && rot <= c.d_head && rot % 2 == 0, where, ": rotary_dim must be an even number of ",
+                    "rotated dimensions per head; expected 2 .. ", c.d_head, " (the head size), got ", rot);
+      for (auto& [kind, r] : c.rope) {
+        // make_rope rotates int(d_head * factor) dims: nudge the factor so that it lands on rotary_dim.
+        r.partial_rotary_factor = double(rot) / double(c.d_head);
+        while (int64_t(c.d_head * r.partial_rotary_factor) < rot)
+          r.partial_rotary_factor = std::nextafter(r.partial_rotary_factor, 2.0);
+      }
+    }
+  }
   c.bos_token_id = first_id(t, "bos_token_id", where);
   c.eos_token_id = first_id(t, "eos_token_id", where);
   c.pad_token_id = first_id(t, "pad_token_id", where);
