@@ -100,6 +100,23 @@ def variants():
     v["olmoe"] = ("OlmoeConfig", base(intermediate_size=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
                                       num_key_value_heads=4,
                                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    # Parallel attention + MLP from one LayerNorm, partial rotary, biases, gelu_new, a biased lm_head.
+    v["phi"] = ("PhiConfig", base(num_key_value_heads=4, layer_norm_eps=1e-5, hidden_act="gelu_new",
+                                  qk_layernorm=False, partial_rotary_factor=0.5,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                   "partial_rotary_factor": 0.5}))
+    v["gptj"] = ("GPTJConfig", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64,
+                                    activation_function="gelu_new", tie_word_embeddings=False, bos_token_id=1,
+                                    eos_token_id=2))
+    # Sequential LayerNorm blocks: StableLM (partial rotary, qkv bias, SwiGLU), StarCoder2 (biases everywhere,
+    # gelu MLP, sliding window).
+    v["stablelm"] = ("StableLmConfig", base(layer_norm_eps=1e-5, use_qkv_bias=True, qk_layernorm=False,
+                                            use_parallel_residual=False, partial_rotary_factor=0.25,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                             "partial_rotary_factor": 0.25}))
+    v["starcoder2"] = ("Starcoder2Config", base(norm_epsilon=1e-5, use_bias=True, sliding_window=4,
+                                                hidden_act="gelu_pytorch_tanh",
+                                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
     return v
 
 
@@ -208,7 +225,7 @@ def capture(model, ids, mask=None):
             gate = getattr(mlp, "gate", None)
             if isinstance(gate, torch.nn.Module) and getattr(mlp, "experts", None) is not None:
                 handles.append(gate.register_forward_hook(hook(f"router_logits.{i}")))
-    for norm_path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
+    for norm_path in ("model.norm", "model.final_layernorm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
         obj = model
         try:
             for part in norm_path.split("."):
