@@ -26,6 +26,10 @@ const char* model_type_for(const std::string& arch) {
   if (arch == "gpt2") return "gpt2";
   if (arch == "gptneox") return "gpt_neox";
   if (arch == "olmo2") return "olmo2";
+  if (arch == "phi2") return "phi";
+  if (arch == "stablelm") return "stablelm";
+  if (arch == "starcoder2") return "starcoder2";
+  if (arch == "gptj") return "gptj";
   if (arch == "qwen2moe") return "qwen2_moe";
   if (arch == "qwen3moe") return "qwen3_moe";
   if (arch == "olmoe") return "olmoe";
@@ -152,7 +156,9 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
   const std::string model_type = model_type_for(arch);
   const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
   const bool moe = arch == "qwen2moe" || arch == "qwen3moe" || arch == "olmoe" || arch == "llama";
-  const bool layer_norm = arch == "gpt2" || arch == "gptneox";
+  // LayerNorm families whose blocks keep biased norms (phi2, stablelm, starcoder2, gptj: see below).
+  const bool ln_family = arch == "phi2" || arch == "stablelm" || arch == "starcoder2" || arch == "gptj";
+  const bool layer_norm = arch == "gpt2" || arch == "gptneox" || ln_family;
 
   // ---- config (as the HF config.json would say it) ----
   json c = json::object();
@@ -182,8 +188,13 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
       MLXTERP_CHECK(st == "none", path, ": unsupported rope.scaling.type '", st, "'; expected none, linear or yarn");
     }
   }
-  if (g.has(L.p + "rope.dimension_count") && head_dim > 0)
-    c["partial_rotary_factor"] = double(L.i("rope.dimension_count", head_dim)) / double(head_dim);
+  if (g.has(L.p + "rope.dimension_count") && head_dim > 0 && arch != "gptj") {
+    // make_rope rotates int(head_dim * factor) dims: nudge the factor so that it lands on the stored count.
+    const int64_t rot = L.i("rope.dimension_count", head_dim);
+    double factor = double(rot) / double(head_dim);
+    while (int64_t(double(head_dim) * factor) < rot) factor = std::nextafter(factor, 2.0);
+    c["partial_rotary_factor"] = factor;
+  }
   if (g.has(L.p + "attention.sliding_window")) c["sliding_window"] = L.i("attention.sliding_window", 0);
   c["bos_token_id"] = g.get_int("tokenizer.ggml.bos_token_id", -1);
   c["eos_token_id"] = g.get_int("tokenizer.ggml.eos_token_id", -1);
@@ -221,6 +232,42 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
     c["use_parallel_residual"] = g.has(L.p + "use_parallel_residual") ? g.get_bool(L.p + "use_parallel_residual") : true;
     c["rotary_pct"] = c.value("partial_rotary_factor", 1.0);
   }
+  if (ln_family) {
+    // Each HF config names its epsilon its own way (see hf_config.cpp).
+    const double eps = L.f("attention.layer_norm_epsilon", 1e-5);
+    c[arch == "starcoder2" ? "norm_epsilon" : arch == "gptj" ? "layer_norm_epsilon" : "layer_norm_eps"] = eps;
+    // The converters write feed_forward_length = 4 * n_embd for phi2 (and the legacy gptj script) whatever
+    // the model's intermediate_size; the up projection's rows are the truth.
+    if (L.has("blk.0.ffn_up.weight")) c["intermediate_size"] = L.infos.at("blk.0.ffn_up.weight")->shape.at(0);
+  }
+  if (arch == "phi2") {
+    c["hidden_act"] = "gelu_new";
+    c["qk_layernorm"] = false;
+  }
+  if (arch == "stablelm") {
+    c["hidden_act"] = "silu";
+    // llama.cpp runs the parallel residual exactly when the blocks have no ffn_norm.
+    const bool parallel = !L.has("blk.0.ffn_norm.weight");
+    if (g.has(L.p + "use_parallel_residual"))
+      MLXTERP_CHECK(g.get_bool(L.p + "use_parallel_residual") == parallel, path, ": ", L.p,
+                    "use_parallel_residual says ", !parallel ? "true" : "false", " but the blocks ",
+                    parallel ? "have no" : "have an", " ffn_norm; expected them to agree");
+    c["use_parallel_residual"] = parallel;
+    c["use_qkv_bias"] = L.has("blk.0.attn_q.bias");
+    c["qk_layernorm"] = L.has("blk.0.attn_q_norm.weight");
+    if (!c.contains("partial_rotary_factor")) c["partial_rotary_factor"] = 0.25;
+  }
+  if (arch == "starcoder2") {
+    c["hidden_act"] = "gelu_pytorch_tanh";
+    c["use_bias"] = L.has("blk.0.attn_q.bias");
+  }
+  if (arch == "gptj") {
+    // Only llama.cpp's legacy convert-gptj-hf-to-gguf.py wrote these: no head_count_kv, rotary_dim as
+    // rope.dimension_count, Q/K rows left as HF has them (GPT-J's interleaved rotary).
+    c["activation_function"] = "gelu_new";
+    c["rotary_dim"] = L.i("rope.dimension_count", 64);
+    c["n_positions"] = L.i("context_length", 2048);
+  }
   int64_t n_experts = 0;
   if (moe) {
     n_experts = L.i("expert_count", 0);
@@ -244,10 +291,13 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
   // ---- tensors ----
   auto shift_norm = [&](at::Tensor t) { return gemma ? (t.to(at::kFloat) - 1.0) : t; };
   L.require("token_embd.weight");
-  const std::string embed_hf = arch == "gpt2" ? "transformer.wte.weight"
-                               : arch == "gptneox" ? "gpt_neox.embed_in.weight"
-                                                   : "model.embed_tokens.weight";
-  const std::string norm_hf = arch == "gpt2" ? "transformer.ln_f" : arch == "gptneox" ? "gpt_neox.final_layer_norm" : "model.norm";
+  const std::string embed_hf = (arch == "gpt2" || arch == "gptj") ? "transformer.wte.weight"
+                               : arch == "gptneox"                 ? "gpt_neox.embed_in.weight"
+                                                                   : "model.embed_tokens.weight";
+  const std::string norm_hf = (arch == "gpt2" || arch == "gptj") ? "transformer.ln_f"
+                              : arch == "gptneox"                ? "gpt_neox.final_layer_norm"
+                              : arch == "phi2"                   ? "model.final_layernorm"
+                                                                 : "model.norm";
   const std::string head_hf = arch == "gptneox" ? "embed_out.weight" : "lm_head.weight";
   L.move("token_embd.weight", embed_hf);
   const at::Tensor& emb = L.weights[embed_hf];
@@ -263,6 +313,7 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
       c["tie_word_embeddings"] = false;
     }
   }
+  if (arch == "phi2" || arch == "gptj") L.move("output.bias", "lm_head.bias");  // their heads carry a bias
   if (arch == "gpt2") {
     L.require("position_embd.weight");
     L.move("position_embd.weight", "transformer.wpe.weight");
@@ -303,6 +354,33 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
     transform = [n_heads](const std::string& s, at::Tensor t) {
       return s.rfind("attn_qkv.", 0) == 0 ? neox_regroup(t, n_heads) : t;
     };
+  } else if (arch == "gptj") {
+    const std::string h = "transformer.h.{i}.";
+    rules = {{"attn_norm.weight", h + "ln_1.weight"},           {"attn_norm.bias", h + "ln_1.bias"},
+             {"attn_q.weight", h + "attn.q_proj.weight"},       {"attn_k.weight", h + "attn.k_proj.weight"},
+             {"attn_v.weight", h + "attn.v_proj.weight"},       {"attn_output.weight", h + "attn.out_proj.weight"},
+             {"ffn_up.weight", h + "mlp.fc_in.weight"},         {"ffn_up.bias", h + "mlp.fc_in.bias"},
+             {"ffn_down.weight", h + "mlp.fc_out.weight"},      {"ffn_down.bias", h + "mlp.fc_out.bias"}};
+  } else if (ln_family) {  // phi2, stablelm, starcoder2: model.layers.{i} with biased LayerNorms
+    const std::string h = "model.layers.{i}.", a = h + "self_attn.";
+    rules = {{"attn_norm.weight", h + "input_layernorm.weight"}, {"attn_norm.bias", h + "input_layernorm.bias"}};
+    for (const char* x : {"q", "k", "v"})
+      for (const char* wb : {"weight", "bias"})
+        rules.push_back({std::string("attn_") + x + "." + wb, a + x + "_proj." + wb});
+    const std::string o = a + (arch == "phi2" ? "dense" : "o_proj");
+    rules.push_back({"attn_output.weight", o + ".weight"});
+    rules.push_back({"attn_output.bias", o + ".bias"});
+    if (arch != "phi2") {
+      rules.push_back({"ffn_norm.weight", h + "post_attention_layernorm.weight"});
+      rules.push_back({"ffn_norm.bias", h + "post_attention_layernorm.bias"});
+    }
+    const std::string up = arch == "phi2" ? "mlp.fc1" : arch == "starcoder2" ? "mlp.c_fc" : "mlp.up_proj";
+    const std::string down = arch == "phi2" ? "mlp.fc2" : arch == "starcoder2" ? "mlp.c_proj" : "mlp.down_proj";
+    for (const char* wb : {"weight", "bias"}) {
+      rules.push_back({std::string("ffn_up.") + wb, h + up + "." + wb});
+      rules.push_back({std::string("ffn_down.") + wb, h + down + "." + wb});
+    }
+    if (arch == "stablelm") rules.push_back({"ffn_gate.weight", h + "mlp.gate_proj.weight"});
   } else {
     const std::string h = "model.layers.{i}.";
     rules = {{"attn_norm.weight", h + "input_layernorm.weight"},
@@ -340,6 +418,36 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
       L.move(gb + gs, subst(hf, b), [&, gs = gs](at::Tensor t) { return transform(gs, t); });
     }
     if (L.weights.count(subst("model.layers.{i}.self_attn.q_proj.bias", b))) c["attention_bias"] = true;
+    if (arch == "phi2" && L.has(gb + "attn_qkv.weight")) {
+      // Older phi2 GGUFs (from phi-msft's Wqkv) keep one fused projection: rows [q; k; v].
+      const int64_t qd = n_heads * head_dim, kvd = n_kv * head_dim;
+      const std::string a = "model.layers." + std::to_string(b) + ".self_attn.";
+      for (const char* wb : {"weight", "bias"}) {
+        const std::string gname = gb + "attn_qkv." + wb;
+        if (!L.has(gname)) continue;
+        at::Tensor t = L.take(gname);
+        MLXTERP_CHECK(t.size(0) == qd + 2 * kvd, path, ": tensor '", gname, "' has ", t.size(0), " rows; expected ",
+                      qd + 2 * kvd, " (q ", qd, " + k ", kvd, " + v ", kvd, ")");
+        L.weights[a + "q_proj." + wb] = t.narrow(0, 0, qd).contiguous();
+        L.weights[a + "k_proj." + wb] = t.narrow(0, qd, kvd).contiguous();
+        L.weights[a + "v_proj." + wb] = t.narrow(0, qd + kvd, kvd).contiguous();
+      }
+    }
+    if (arch == "stablelm") {
+      // llama.cpp stacks StableLM's per-head q/k LayerNorm weights to [heads, head_dim]; HF keeps one per head.
+      const std::string a = "model.layers." + std::to_string(b) + ".self_attn.";
+      const std::pair<const char*, int64_t> norms[] = {{"q", n_heads}, {"k", n_kv}};
+      for (auto [x, nh] : norms) {
+        const std::string gname = gb + "attn_" + x + "_norm.weight";
+        if (!L.has(gname)) continue;
+        at::Tensor t = L.take(gname);
+        MLXTERP_CHECK(t.numel() == nh * head_dim, path, ": tensor '", gname, "' has shape ", shape_str(t.sizes()),
+                      "; expected [", nh, ", ", head_dim, "] (one LayerNorm weight per head)");
+        t = t.reshape({nh, head_dim});
+        for (int64_t hh = 0; hh < nh; ++hh)
+          L.weights[a + x + "_layernorm.norms." + std::to_string(hh) + ".weight"] = t[hh].contiguous();
+      }
+    }
     if (moe) {
       const std::string m = arch == "llama" ? "model.layers." + std::to_string(b) + ".block_sparse_moe."
                                             : "model.layers." + std::to_string(b) + ".mlp.";

@@ -60,10 +60,12 @@ struct Converted {
 };
 
 // The llama.cpp conversion of a golden HF model.
-Converted convert(const hf::Golden& g, const std::string& arch, bool write_attention_scale) {
+// `weights`, when given, replaces the golden's model.safetensors (variants the goldens do not cover).
+Converted convert(const hf::Golden& g, const std::string& arch, bool write_attention_scale,
+                  const TensorMap* weights = nullptr) {
   const json& c = g.config.raw;
   const ModelConfig& mc = g.config;
-  TensorMap hf = load_safetensors_model(g.dir);
+  TensorMap hf = weights ? *weights : load_safetensors_model(g.dir);
   Converted out;
   auto& M = out.meta;
   auto& T = out.t;
@@ -77,7 +79,8 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
   M[p + "attention.head_count_kv"] = u32(mc.n_kv_heads);
   M[p + "attention.key_length"] = u32(mc.d_head);
   M[p + "attention.value_length"] = u32(mc.d_head);
-  const bool ln = arch == "gpt2" || arch == "gptneox";
+  const bool ln = arch == "gpt2" || arch == "gptneox" || arch == "phi2" || arch == "stablelm" ||
+                  arch == "starcoder2" || arch == "gptj";
   M[p + (ln ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon")] = f32(mc.norm_eps);
   M[p + "rope.freq_base"] = f32(mc.rope_for_layer(mc.n_layers - 1).theta);
   M["tokenizer.ggml.bos_token_id"] = u32(1);
@@ -133,6 +136,72 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
       at::Tensor bias = hf.at(h + "attention.query_key_value.bias").reshape({nh, 3, d / nh});
       T[b + "attn_qkv.bias"] =
           at::cat({bias.select(1, 0).reshape({-1}), bias.select(1, 1).reshape({-1}), bias.select(1, 2).reshape({-1})});
+    }
+    return out;
+  }
+
+  if (arch == "phi2" || arch == "stablelm" || arch == "starcoder2" || arch == "gptj") {
+    // What each converter writes (Phi2Model / StableLMModel / TextModel's defaults for StarCoder2 /
+    // the legacy convert-gptj-hf-to-gguf.py): no key/value length; rope.freq_base only from the
+    // default writer (starcoder2); phi2 and gptj write feed_forward_length = 4 * n_embd and the full
+    // head count as head_count_kv (gptj: none at all).
+    for (const char* k : {"attention.key_length", "attention.value_length"}) M.erase(p + k);
+    if (arch != "starcoder2") M.erase(p + "rope.freq_base");
+    const int64_t rot = int64_t(mc.rope_for_layer(0).partial_rotary_factor * mc.d_head + 1e-9);
+    if (arch == "phi2") {
+      M[p + "feed_forward_length"] = u32(4 * mc.d_model);
+      M[p + "attention.head_count_kv"] = u32(mc.n_heads);
+      M[p + "rope.dimension_count"] = u32(rot);
+    }
+    if (arch == "stablelm") {
+      M[p + "rope.dimension_count"] = u32(rot);
+      M[p + "use_parallel_residual"] = boolean(c.value("use_parallel_residual", true));
+    }
+    if (arch == "starcoder2" && mc.sliding_window) {
+      // llama.cpp's converter does not write it (llama.cpp runs StarCoder2 without a window); a GGUF that
+      // carries the generic key gets HF's windowed attention.
+      M[p + "attention.sliding_window"] = u32(*mc.sliding_window);
+    }
+    if (arch == "gptj") {
+      M[p + "feed_forward_length"] = u32(4 * mc.d_model);
+      M.erase(p + "attention.head_count_kv");
+      M[p + "rope.dimension_count"] = u32(c.at("rotary_dim").get<int64_t>());
+    }
+    const std::string top = arch == "gptj" ? "transformer." : "model.";
+    put("token_embd.weight", top + (arch == "gptj" ? "wte.weight" : "embed_tokens.weight"));
+    put("output.weight", "lm_head.weight");
+    put("output.bias", "lm_head.bias");
+    const std::string fnorm = arch == "gptj" ? "transformer.ln_f" : arch == "phi2" ? "model.final_layernorm" : "model.norm";
+    put("output_norm.weight", fnorm + ".weight");
+    put("output_norm.bias", fnorm + ".bias");
+    for (int i = 0; i < mc.n_layers; ++i) {
+      const std::string b = "blk." + std::to_string(i) + ".";
+      const std::string h = (arch == "gptj" ? "transformer.h." : "model.layers.") + std::to_string(i) + ".";
+      std::vector<std::pair<std::string, std::string>> m;
+      if (arch == "gptj") {
+        m = {{"attn_norm", "ln_1"},           {"attn_q", "attn.q_proj"},  {"attn_k", "attn.k_proj"},
+             {"attn_v", "attn.v_proj"},       {"attn_output", "attn.out_proj"}, {"ffn_up", "mlp.fc_in"},
+             {"ffn_down", "mlp.fc_out"}};
+      } else {
+        m = {{"attn_norm", "input_layernorm"}, {"attn_q", "self_attn.q_proj"}, {"attn_k", "self_attn.k_proj"},
+             {"attn_v", "self_attn.v_proj"},   {"ffn_norm", "post_attention_layernorm"}};
+        m.push_back({"attn_output", arch == "phi2" ? "self_attn.dense" : "self_attn.o_proj"});
+        m.push_back({"ffn_up", arch == "phi2" ? "mlp.fc1" : arch == "starcoder2" ? "mlp.c_fc" : "mlp.up_proj"});
+        m.push_back({"ffn_down", arch == "phi2" ? "mlp.fc2" : arch == "starcoder2" ? "mlp.c_proj" : "mlp.down_proj"});
+        m.push_back({"ffn_gate", "mlp.gate_proj"});
+      }
+      for (const auto& [gg, hh] : m) {
+        put(b + gg + ".weight", h + hh + ".weight");
+        put(b + gg + ".bias", h + hh + ".bias");
+      }
+      // StableLMModel._stack_qk_norm: the per-head LayerNorm weights stacked to [heads, head_dim].
+      for (auto [x, nh] : {std::pair<const char*, int64_t>{"q", mc.n_heads}, {"k", mc.n_kv_heads}}) {
+        const std::string first = h + "self_attn." + x + "_layernorm.norms.0.weight";
+        if (!hf.count(first)) continue;
+        std::vector<at::Tensor> ws;
+        for (int64_t j = 0; j < nh; ++j) ws.push_back(hf.at(h + "self_attn." + x + "_layernorm.norms." + std::to_string(j) + ".weight"));
+        T[b + "attn_" + x + "_norm.weight"] = at::stack(ws);
+      }
     }
     return out;
   }
@@ -224,30 +293,35 @@ struct Case {
   const char* arch;
 };
 
-class GGUFArch : public ::testing::TestWithParam<Case> {};
-
-TEST_P(GGUFArch, LoadsLlamaCppLayoutToTheHFModel) {
-  const Case cs = GetParam();
-  hf::Golden g = hf::load_golden(cs.golden);
-  Converted conv = convert(g, cs.arch, /*write_attention_scale=*/true);
+// Writes `conv`, reads it back and checks it against the HF-loaded `g` (and the golden's logits).
+void expect_same_model(const hf::Golden& g, const Converted& conv, const std::string& label,
+                       const TensorMap* weights = nullptr) {
   TempDir tmp;
-  const std::string path = tmp.file(std::string(cs.golden) + ".gguf");
+  const std::string path = tmp.file(label + ".gguf");
   save_gguf(path, conv.meta, conv.t);
   ModelFiles f = read_gguf_model(path);
-  EXPECT_EQ(f.config.arch, hf::load_golden(cs.golden).config.arch);
+  EXPECT_EQ(f.config.arch, g.config.arch);
   auto from_gguf = hf::build(f.config, std::move(f.weights));
-  auto from_hf = hf::build(g);
+  auto from_hf = weights ? hf::build(g.config, *weights) : hf::build(g);
   at::Tensor ids = g.ref.at("input_ids").to(test_device());
   Hooks h1(from_gguf->sites()), h2(from_hf->sites());
   h1.capture_all();
   h2.capture_all();
   at::Tensor a = from_gguf->forward(ids, {}, h1), b = from_hf->forward(ids, {}, h2);
-  hf::expect_close(a, b, 1e-5, std::string(cs.golden) + " GGUF vs HF-loaded logits");
-  hf::expect_close(a, g.ref.at("logits"), 1e-4, std::string(cs.golden) + " GGUF vs transformers logits");
+  hf::expect_close(a, b, 1e-5, label + " GGUF vs HF-loaded logits");
+  if (g.ref.count("logits")) hf::expect_close(a, g.ref.at("logits"), 1e-4, label + " GGUF vs transformers logits");
   // Same sites, same values (router logits included).
   ASSERT_EQ(from_gguf->sites().size(), from_hf->sites().size());
   for (const auto& [id, t] : h2.captures())
-    hf::expect_close(h1.captured(id), t, 1e-5, std::string(cs.golden) + " site " + from_hf->sites()[id].name);
+    hf::expect_close(h1.captured(id), t, 1e-5, label + " site " + from_hf->sites()[id].name);
+}
+
+class GGUFArch : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GGUFArch, LoadsLlamaCppLayoutToTheHFModel) {
+  const Case cs = GetParam();
+  hf::Golden g = hf::load_golden(cs.golden);
+  expect_same_model(g, convert(g, cs.arch, /*write_attention_scale=*/true), cs.golden);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, GGUFArch,
@@ -256,8 +330,78 @@ INSTANTIATE_TEST_SUITE_P(Golden, GGUFArch,
                                            Case{"gpt_neox_seq", "gptneox"}, Case{"phi3", "phi3"},
                                            Case{"olmo2", "olmo2"}, Case{"mixtral", "llama"},
                                            Case{"qwen2_moe", "qwen2moe"}, Case{"qwen3_moe", "qwen3moe"},
-                                           Case{"olmoe", "olmoe"}),
+                                           Case{"olmoe", "olmoe"}, Case{"phi", "phi2"},
+                                           Case{"stablelm", "stablelm"}, Case{"starcoder2", "starcoder2"},
+                                           Case{"gptj", "gptj"}),
                          [](const auto& info) { return std::string(info.param.golden); });
+
+// Older phi2 GGUFs hold one fused blk.N.attn_qkv = [q; k; v] rows (weight and bias).
+TEST(GGUFArchPhi2, FusedQKVSplitsIntoQKV) {
+  hf::Golden g = hf::load_golden("phi");
+  Converted conv = convert(g, "phi2", false);
+  for (int i = 0; i < g.config.n_layers; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    for (const char* wb : {"weight", "bias"}) {
+      const std::string q = b + "attn_q." + wb, k = b + "attn_k." + wb, v = b + "attn_v." + wb;
+      conv.t[b + "attn_qkv." + wb] = at::cat({conv.t.at(q), conv.t.at(k), conv.t.at(v)});
+      conv.t.erase(q);
+      conv.t.erase(k);
+      conv.t.erase(v);
+    }
+  }
+  expect_same_model(g, conv, "phi_fused_qkv");
+}
+
+// StableLM's other layout: the parallel residual (no ffn_norm) and per-head q/k LayerNorms (stacked to
+// [heads, head_dim] by the converter). No golden has them: the GGUF must give what the HF names give.
+TEST(GGUFArchStableLM, ParallelResidualAndPerHeadQKNorms) {
+  hf::Golden g = hf::load_golden("stablelm");
+  json raw = g.config.raw;
+  raw["use_parallel_residual"] = true;
+  raw["qk_layernorm"] = true;
+  g.config = parse_hf_config(raw, "stablelm variant");
+  g.ref.erase("logits");
+  TensorMap w = load_safetensors_model(g.dir);
+  for (int i = 0; i < g.config.n_layers; ++i) {
+    const std::string h = "model.layers." + std::to_string(i) + ".";
+    w.erase(h + "post_attention_layernorm.weight");
+    w.erase(h + "post_attention_layernorm.bias");
+    at::manual_seed(100 + i);
+    for (int64_t j = 0; j < g.config.n_heads; ++j)
+      w[h + "self_attn.q_layernorm.norms." + std::to_string(j) + ".weight"] = 1.0 + 0.5 * at::randn({g.config.d_head});
+    for (int64_t j = 0; j < g.config.n_kv_heads; ++j)
+      w[h + "self_attn.k_layernorm.norms." + std::to_string(j) + ".weight"] = 1.0 + 0.5 * at::randn({g.config.d_head});
+  }
+  Converted conv = convert(g, "stablelm", false, &w);
+  ASSERT_TRUE(conv.t.count("blk.0.attn_q_norm.weight"));
+  EXPECT_EQ(conv.t.at("blk.0.attn_k_norm.weight").sizes(), (at::IntArrayRef{g.config.n_kv_heads, g.config.d_head}));
+  expect_same_model(g, conv, "stablelm_parallel_qk_norm", &w);
+
+  // The residual flag and the blocks' ffn_norm must agree.
+  conv.meta["stablelm.use_parallel_residual"] = boolean(false);
+  TempDir tmp;
+  save_gguf(tmp.file("bad.gguf"), conv.meta, conv.t);
+  try {
+    read_gguf_model(tmp.file("bad.gguf"));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("use_parallel_residual"), std::string::npos) << e.what();
+  }
+}
+
+// llama.cpp's converter writes no sliding window for StarCoder2 (and llama.cpp attends to everything):
+// such a file loads with full attention.
+TEST(GGUFArchStarCoder2, NoSlidingWindowKeyMeansFullAttention) {
+  hf::Golden g = hf::load_golden("starcoder2");
+  Converted conv = convert(g, "starcoder2", false);
+  conv.meta.erase("starcoder2.attention.sliding_window");
+  TempDir tmp;
+  save_gguf(tmp.file("sc2.gguf"), conv.meta, conv.t);
+  ModelFiles f = read_gguf_model(tmp.file("sc2.gguf"));
+  EXPECT_FALSE(f.config.sliding_window.has_value());
+  EXPECT_TRUE(f.config.attention_bias);
+  EXPECT_FLOAT_EQ(float(f.config.norm_eps), float(g.config.norm_eps));
+}
 
 // Without `attention.scale` the Gemma 2/3 attention scale follows llama.cpp's rule (head_dim except
 // for the 27B models), and Gemma 3's layer pattern is llama.cpp's fixed period of 6.
