@@ -9,7 +9,8 @@
 //   // batch.ids [2, t] int64, batch.attention_mask [2, t] int64 (1 = real token)
 //
 // Sources supported (DESIGN.md §2): Hugging Face tokenizer.json (models: byte-level BPE, SentencePiece-style
-// BPE with byte fallback, Unigram, WordPiece; normalizers incl. NFC/NFD/NFKC/NFKD, Lowercase,
+// BPE with byte fallback, BPE with a continuing-subword prefix / end-of-word suffix (CLIP), Unigram,
+// WordPiece, WordLevel; normalizers incl. NFC/NFD/NFKC/NFKD, Lowercase,
 // BertNormalizer, StripAccents and SentencePiece's Precompiled charsmap (T5, ALBERT, XLM-R); added/special
 // tokens, post-processor templates, decoders), SentencePiece .model
 // files (through libsentencepiece: BPE and Unigram), GGUF-embedded vocabularies (llama/SPM and gpt2/BPE),

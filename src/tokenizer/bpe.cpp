@@ -47,10 +47,12 @@ MergeBpe::MergeBpe(const StringIdMap& vocab, const std::vector<std::pair<std::st
   merges_.reserve(merges.size() * 2);
   for (size_t r = 0; r < merges.size(); ++r) {
     const auto& [a, b] = merges[r];
-    int32_t ia = find_id(vocab, a), ib = find_id(vocab, b), in = find_id(vocab, a + b);
+    // HF drops the prefix's length from b whatever b starts with.
+    const std::string made = a + b.substr(std::min(b.size(), opt_.continuing_prefix.size()));
+    int32_t ia = find_id(vocab, a), ib = find_id(vocab, b), in = find_id(vocab, made);
     MLXTERP_CHECK(ia >= 0 && ib >= 0, where, ": merge ", r, " (", quote(a), " ", quote(b),
                   ") uses a piece missing from the vocabulary; expected both halves in the vocabulary");
-    MLXTERP_CHECK(in >= 0, where, ": merge ", r, " (", quote(a), " ", quote(b), ") makes ", quote(a + b),
+    MLXTERP_CHECK(in >= 0, where, ": merge ", r, " (", quote(a), " ", quote(b), ") makes ", quote(made),
                   ", which is missing from the vocabulary");
     merges_.emplace(uint64_t(uint32_t(ia)) << 32 | uint32_t(ib), std::make_pair(int32_t(r), in));
   }
@@ -86,16 +88,24 @@ void MergeBpe::merge_word(std::string_view word, std::vector<int32_t>& out) cons
     if (idx > 0) sym[idx - 1].next = idx;
   };
   bool prev_unk = false;
+  const bool affixed = !opt_.continuing_prefix.empty() || !opt_.end_suffix.empty();
+  std::string key;  // the character with its prefix / suffix, when the model has them
   size_t i = 0;
   while (i < word.size()) {
     size_t l = std::min(utf8_len(uint8_t(word[i])), word.size() - i);
     std::string_view ch = word.substr(i, l);
+    if (affixed) {
+      key.assign(i > 0 ? opt_.continuing_prefix : std::string());
+      key += ch;
+      if (i + l == word.size()) key += opt_.end_suffix;
+      ch = key;
+    }
     int32_t id = find_id(vocab_, ch);
     if (id >= 0) {
       push(id, uint32_t(l));
       prev_unk = false;
     } else if (opt_.byte_fallback && all_bytes_) {
-      for (size_t k = 0; k < l; ++k) push(byte_ids_[uint8_t(ch[k])], 1);
+      for (size_t k = 0; k < ch.size(); ++k) push(byte_ids_[uint8_t(ch[k])], 1);  // HF: the affixed bytes
       prev_unk = false;
     } else {
       MLXTERP_CHECK(opt_.unk_id >= 0, where_, ": the character ", quote(ch),

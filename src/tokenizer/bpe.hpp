@@ -57,6 +57,10 @@ struct MergeBpeOptions {
   bool ignore_merges = false;
   int32_t unk_id = -1;        // -1: a character outside the vocabulary is an error
   size_t max_cached_len = 256;  // words longer than this (bytes) are not cached
+  // HF's continuing_subword_prefix / end_of_word_suffix: every character but a word's first is looked up as
+  // prefix + char, its last as char + suffix, and merge (a, b) makes a + b without b's prefix (WordPiece-style
+  // "##" BPE vocabularies; CLIP's and OpenAI GPT's "</w>").
+  std::string continuing_prefix, end_suffix;
 };
 
 class MergeBpe {

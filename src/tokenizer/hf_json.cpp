@@ -190,12 +190,15 @@ void add_decoder(const json& j, const std::string& where, PipelineSpec& spec) {
     d.kind = DecoderStep::Metaspace;
     d.a = j.contains("replacement") ? j["replacement"].get<std::string>() : std::string(kSpmSpace);
     d.prepend_scheme = parse_scheme(j, where);
+  } else if (t == "BPEDecoder") {
+    d.kind = DecoderStep::BpeSuffix;
+    d.a = j.value("suffix", std::string("</w>"));
   } else if (t == "WordPiece") {
     d.kind = DecoderStep::WordPiece;
     d.a = j.value("prefix", std::string("##"));
     d.cleanup = j.value("cleanup", true);
   } else {
-    unsupported(where, "decoder", t, "Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece");
+    unsupported(where, "decoder", t, "Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece, BPEDecoder");
   }
   spec.decoders.push_back(std::move(d));
 }
@@ -280,10 +283,13 @@ void find_special_ids(PipelineSpec& spec, const StringIdMap& ids, const std::str
 void parse_bpe(const json& m, const std::string& path, PipelineSpec& spec) {
   MLXTERP_CHECK(!m.contains("dropout") || m["dropout"].is_null() || m["dropout"].get<double>() == 0.0, path,
                 ": BPE dropout is set; expected null (dropout makes encoding random)");
-  for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-    MLXTERP_CHECK(!m.contains(k) || m[k].is_null() || m[k].get<std::string>().empty(), path, ": BPE ", k, " ",
-                  quote(m[k].dump()), " is not supported; expected null");
-  }
+  auto affix = [&](const char* k) {
+    if (!m.contains(k) || m[k].is_null()) return std::string();
+    MLXTERP_CHECK(m[k].is_string(), path, ": BPE ", k, " is ", m[k].type_name(), "; expected a string or null");
+    return m[k].get<std::string>();
+  };
+  spec.merge_options.continuing_prefix = affix("continuing_subword_prefix");
+  spec.merge_options.end_suffix = affix("end_of_word_suffix");
   for (const auto& mg : m.at("merges")) {
     if (mg.is_array()) {
       MLXTERP_CHECK(mg.size() == 2, path, ": merge ", mg.dump(), " is not a pair");
@@ -320,8 +326,8 @@ std::shared_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
   spec.source = path;
   const json& m = j["model"];
   std::string mtype = m.contains("type") ? m["type"].get<std::string>() : (m.contains("merges") ? "BPE" : "?");
-  if (mtype != "BPE" && mtype != "Unigram" && mtype != "WordPiece")
-    unsupported(path, "model", mtype, "BPE, Unigram, WordPiece");
+  if (mtype != "BPE" && mtype != "Unigram" && mtype != "WordPiece" && mtype != "WordLevel")
+    unsupported(path, "model", mtype, "BPE, Unigram, WordPiece, WordLevel");
   // Vocabulary: the model's, then the added tokens.
   int32_t max_id = -1;
   if (mtype == "Unigram") {
@@ -375,6 +381,10 @@ std::shared_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
       MLXTERP_CHECK(spec.unk_id >= 0 && size_t(spec.unk_id) < spec.unigram_scores.size(), path, ": Unigram unk_id ",
                     spec.unk_id, " is outside the vocabulary; expected 0 <= unk_id < ", spec.unigram_scores.size());
     }
+  } else if (mtype == "WordLevel") {
+    spec.wordlevel = true;
+    if (m.contains("unk_token") && !m["unk_token"].is_null())
+      spec.unk_id = find_id(spec.model_vocab, m["unk_token"].get<std::string>());  // absent: an error per unknown word
   } else {
     spec.wordpiece = true;
     spec.wordpiece_unk = m.value("unk_token", std::string("[UNK]"));
@@ -396,6 +406,7 @@ std::shared_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
   }
   spec.kind = spec.unigram    ? "hf-unigram"
               : spec.wordpiece ? "hf-wordpiece"
+              : spec.wordlevel ? "hf-wordlevel"
               : spec.display == DisplayMode::ByteLevel ? "hf-bpe"
                                                        : (spec.merge_options.byte_fallback ? "hf-spm-bpe" : "hf-bpe");
   find_special_ids(spec, ids, path);

@@ -173,6 +173,8 @@ PipelineTokenizer::PipelineTokenizer(PipelineSpec spec) : spec_(std::move(spec))
   } else if (spec_.wordpiece) {
     wordpiece_ = std::make_unique<WordPieceModel>(spec_.model_vocab, spec_.wordpiece_unk, spec_.wordpiece_prefix,
                                                   spec_.wordpiece_max_chars, spec_.source);
+  } else if (spec_.wordlevel) {
+    // no engine: encode_wordlevel looks words up in spec_.model_vocab
   } else if (spec_.score_bpe) {
     ScoreBpeOptions o;
     o.unk_id = spec_.unk_id;
@@ -269,6 +271,15 @@ void PipelineTokenizer::encode_segment(std::string_view text, bool at_start, std
   }
 }
 
+// HF's WordLevel model: the whole pre-token, or the unknown token (an error without one, as in HF).
+void PipelineTokenizer::encode_wordlevel(std::string_view piece, std::vector<int32_t>& out) const {
+  const int32_t id = find_id(spec_.model_vocab, piece);
+  MLXTERP_CHECK(id >= 0 || spec_.unk_id >= 0, spec_.source, ": the word ", quote(std::string(piece)),
+                " is not in the WordLevel vocabulary and the model's unk_token is not in it either; expected an "
+                "unk_token from the vocabulary");
+  out.push_back(id >= 0 ? id : spec_.unk_id);
+}
+
 void PipelineTokenizer::pretokenize(size_t step, std::string_view piece, bool at_start,
                                     std::vector<int32_t>& out) const {
   if (piece.empty()) return;
@@ -276,6 +287,7 @@ void PipelineTokenizer::pretokenize(size_t step, std::string_view piece, bool at
     if (merge_bpe_) merge_bpe_->encode_word(piece, out);
     else if (unigram_) unigram_->encode(piece, out);
     else if (wordpiece_) wordpiece_->encode(piece, out);
+    else if (spec_.wordlevel) encode_wordlevel(piece, out);
     else score_bpe_->encode(piece, out);
     return;
   }
@@ -402,6 +414,9 @@ std::string PipelineTokenizer::decode(std::span<const int32_t> ids, bool skip_sp
           }
           if (d.cleanup) t = wordpiece_cleanup(t);
         }
+        break;
+      case DecoderStep::BpeSuffix:  // HF's BPEDecoder: the suffix ends a word (a space), except the last token's
+        for (size_t i = 0; i < toks.size(); ++i) toks[i] = replace_all(toks[i], d.a, i + 1 == toks.size() ? "" : " ");
         break;
       case DecoderStep::Metaspace:
         for (size_t i = 0; i < toks.size(); ++i) {

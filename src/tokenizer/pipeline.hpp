@@ -1,7 +1,7 @@
 // The Hugging Face tokenization pipeline (internal), shared by tokenizer.json files and GGUF
 // vocabularies:
 //   added tokens (raw) -> normalizers -> added tokens (normalized) -> pre-tokenizers -> model (BPE,
-//   Unigram or WordPiece)
+//   Unigram, WordPiece or WordLevel)
 //   -> post-processor template (BOS ...);   decode: ids -> pieces -> decoders -> text.
 // Each stage mirrors the component of the same name in HF `tokenizers` (0.2x).
 #pragma once
@@ -50,8 +50,9 @@ struct PreTokStep {
 };
 
 struct DecoderStep {
-  enum Kind { ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece } kind;
-  std::string a, b;                  // Replace a -> b; Strip content a; Metaspace replacement a; WordPiece prefix a
+  enum Kind { ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece, BpeSuffix } kind;
+  // Replace a -> b; Strip content a; Metaspace replacement a; WordPiece prefix a; BpeSuffix (BPEDecoder) suffix a
+  std::string a, b;
   size_t start = 0, stop = 0;        // Strip
   PrependScheme prepend_scheme = PrependScheme::Always;  // Metaspace
   bool cleanup = false;                                  // WordPiece
@@ -76,6 +77,7 @@ struct PipelineSpec {
   int32_t unk_id = -1;
   bool unigram = false;  // pieces = vocab ids below unigram_scores.size(); byte fallback as merge_options
   std::vector<double> unigram_scores;
+  bool wordlevel = false;  // WordLevel: each pre-token is looked up whole in model_vocab (unk_id otherwise)
   bool wordpiece = false;  // model_vocab, unk_token, continuing-subword prefix, max characters per word
   std::string wordpiece_unk, wordpiece_prefix = "##";
   size_t wordpiece_max_chars = 100;
@@ -105,6 +107,7 @@ class PipelineTokenizer : public Tokenizer {
  private:
   void encode_segment(std::string_view text, bool at_start, std::vector<int32_t>& out) const;
   void pretokenize(size_t step, std::string_view piece, bool at_start, std::vector<int32_t>& out) const;
+  void encode_wordlevel(std::string_view piece, std::vector<int32_t>& out) const;
   std::string normalize(std::string_view text) const;
   void check_id(int32_t id) const;
 

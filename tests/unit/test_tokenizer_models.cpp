@@ -136,4 +136,60 @@ TEST(TokenizerModels, UnicodeNormalizersBeforeTheModel) {
   EXPECT_NE(err.find("normalizer"), std::string::npos) << err;
 }
 
+// BPE with HF's end_of_word_suffix (CLIP, OpenAI GPT) and continuing_subword_prefix, from the model's definition:
+// a word's last character is looked up as char + suffix, every other but the first as prefix + char, and merge
+// (a, b) makes a + b without b's prefix.
+TEST(TokenizerModels, BpeWordSuffixAndSubwordPrefix) {
+  TempDir tmp;
+  json clip = {{"model",
+                {{"type", "BPE"},
+                 {"vocab", {{"l", 0}, {"o", 1}, {"w</w>", 2}, {"lo", 3}, {"low</w>", 4}, {"o</w>", 5}, {"<unk>", 6}}},
+                 {"merges", json::array({json::array({"l", "o"}), json::array({"lo", "w</w>"})})},
+                 {"unk_token", "<unk>"},
+                 {"end_of_word_suffix", "</w>"}}},
+               {"pre_tokenizer", {{"type", "WhitespaceSplit"}}},
+               {"decoder", {{"type", "BPEDecoder"}, {"suffix", "</w>"}}}};
+  auto tok = load_json(tmp, clip);
+  // low: l o w</w> -> lo w</w> -> low</w>; lo: l o</w> (no merge makes "lo</w>"); x: <unk>.
+  EXPECT_EQ(tok->encode("low lo x"), (std::vector<int32_t>{4, 0, 5, 6}));
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{4, 0, 5}), "low lo");  // the suffix ends a word, except the last
+
+  auto pairs = [](std::vector<std::pair<std::string, std::string>> ps) {  // [[a, b], ...], not an object
+    json a = json::array();
+    for (const auto& [x, y] : ps) a.push_back(json::array({x, y}));
+    return a;
+  };
+  auto with_prefix = [&](json merges) {
+    json j = {{"model",
+               {{"type", "BPE"},
+                {"vocab", {{"a", 0}, {"##b", 1}, {"##c", 2}, {"ab", 3}, {"abc", 4}, {"##bc", 5}}},
+                {"merges", merges},
+                {"continuing_subword_prefix", "##"}}},
+              {"pre_tokenizer", {{"type", "WhitespaceSplit"}}}};
+    return load_json(tmp, j);
+  };
+  // a ##b ##c: merge (a, ##b) makes "ab", then (ab, ##c) "abc"; ranked the other way ##b ##c -> "##bc" first.
+  EXPECT_EQ(with_prefix(pairs({{"a", "##b"}, {"ab", "##c"}, {"##b", "##c"}}))->encode("abc"), (std::vector<int32_t>{4}));
+  EXPECT_EQ(with_prefix(pairs({{"##b", "##c"}, {"a", "##b"}, {"ab", "##c"}}))->encode("abc"), (std::vector<int32_t>{0, 5}));
+  // A merge whose product (prefix dropped from its right half) is missing is refused at load.
+  const std::string err = error_of([&] { with_prefix(pairs({{"##b", "##b"}})); });
+  EXPECT_NE(err.find("makes \"##bb\", which is missing"), std::string::npos) << err;
+}
+
+// WordLevel: each pre-token is one vocabulary entry or the unknown token.
+TEST(TokenizerModels, WordLevelLooksUpWholeWords) {
+  TempDir tmp;
+  json j = {{"model", {{"type", "WordLevel"}, {"vocab", {{"[UNK]", 0}, {"hello", 1}, {"world", 2}}}, {"unk_token", "[UNK]"}}},
+            {"pre_tokenizer", {{"type", "WhitespaceSplit"}}}};
+  auto tok = load_json(tmp, j);
+  EXPECT_EQ(tok->kind(), "hf-wordlevel");
+  EXPECT_EQ(tok->encode("hello there world"), (std::vector<int32_t>{1, 0, 2}));
+  EXPECT_EQ(tok->encode("helloworld"), (std::vector<int32_t>{0}));  // no splitting inside a word
+  j["model"]["unk_token"] = "<missing>";
+  auto no_unk = load_json(tmp, j);
+  EXPECT_EQ(no_unk->encode("world hello"), (std::vector<int32_t>{2, 1}));
+  const std::string err = error_of([&] { no_unk->encode("hello there"); });
+  EXPECT_NE(err.find("\"there\" is not in the WordLevel vocabulary"), std::string::npos) << err;
+}
+
 }  // namespace
