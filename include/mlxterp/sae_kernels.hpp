@@ -47,6 +47,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace mlxterp::sae_kernels {
 
@@ -92,6 +93,10 @@ at::Tensor moment_hash(const at::Tensor& index, uint32_t seed);
 at::Tensor moment_hash(int64_t numel, uint32_t seed, at::Device device);
 // float32 x -> bfloat16 (same shape), rounded with r = (high ? h >> 16 : h & 0xffff) from hash (moment_hash).
 at::Tensor round_bf16_stochastic(const at::Tensor& x, const at::Tensor& hash, bool high);
+// A weight matrix's float32 moments of Adam step `step` -> the bf16 moments every backend stores
+// (matrix 0 W_enc, 1 W_dec): m with the hash's low half, v with its high half.
+std::pair<at::Tensor, at::Tensor> round_moments_bf16(const at::Tensor& m32, const at::Tensor& v32, int64_t step,
+                                                     int matrix);
 
 enum class Selection { TopK, BatchTopK };
 enum class LossNorm { FVU, MeanSquare, SumPerToken };

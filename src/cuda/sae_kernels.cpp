@@ -88,6 +88,12 @@ at::Tensor moment_hash(const at::Tensor& index, uint32_t seed) {
   return fmix32(mul32(lo, 0x9E3779B9u).bitwise_xor_(s));
 }
 
+std::pair<at::Tensor, at::Tensor> round_moments_bf16(const at::Tensor& m32, const at::Tensor& v32, int64_t step,
+                                                     int matrix) {
+  const at::Tensor h = moment_hash(m32.numel(), moment_seed(step, matrix), m32.device());
+  return {round_bf16_stochastic(m32, h, /*high=*/false), round_bf16_stochastic(v32, h, /*high=*/true)};
+}
+
 at::Tensor round_bf16_stochastic(const at::Tensor& x, const at::Tensor& hash, bool high) {
   MLXTERP_CHECK(x.scalar_type() == at::kFloat && hash.numel() == x.numel(),
                 "sae_kernels::round_bf16_stochastic: needs float32 x and one hash per element; got ",
@@ -198,9 +204,7 @@ void adamw(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, con
   p.copy_(at::where(gate, p_new, p));
   if (m.scalar_type() == at::kBFloat16) {
     MLXTERP_CHECK(matrix >= 0, "sae_kernels: bfloat16 moments are for the weight matrices only");
-    at::Tensor h = moment_hash(m.numel(), moment_seed(c.step, matrix), m.device());
-    m_new = round_bf16_stochastic(m_new, h, false);
-    v_new = round_bf16_stochastic(v_new, h, true);
+    std::tie(m_new, v_new) = round_moments_bf16(m_new, v_new, c.step, matrix);
   }
   m.copy_(at::where(gate, m_new, m));
   v.copy_(at::where(gate, v_new, v));

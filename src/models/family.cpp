@@ -53,4 +53,12 @@ at::Tensor FamilyModel::opt_weight(const std::string& name) const {
   return it == weights_.end() ? at::Tensor() : it->second;
 }
 
+at::Tensor FamilyModel::plain_mlp(int i, const at::Tensor& h, const at::Tensor& up_w, const at::Tensor& up_b,
+                                  const at::Tensor& down_w, const at::Tensor& down_b, Hooks& H) const {
+  const LayerSites& s = ls_[i];
+  at::Tensor u = H(s.up, blocks::linear(h, up_w, up_b));  // [b, t, d_mlp]
+  at::Tensor a = H(s.hidden, blocks::activation(config_.hidden_act, u));
+  return H(s.mlp, H(s.down, blocks::linear(a, down_w, down_b)));  // [b, t, d_model]
+}
+
 }  // namespace mlxterp

@@ -43,6 +43,10 @@ class FamilyModel : public LlamaModel {
   const nlohmann::json& text_config() const;
   // An optional weight (undefined if absent).
   at::Tensor opt_weight(const std::string& name) const;
+  // A plain (non-gated) MLP on h [b, t, d]: up (+ bias) -> hidden_act -> down (+ bias), through the sites
+  // add_mlp_sites(Mlp::Plain) made (mlp.up_proj, mlp.hidden, mlp.down_proj, mlp). Biases may be undefined.
+  at::Tensor plain_mlp(int i, const at::Tensor& h, const at::Tensor& up_w, const at::Tensor& up_b,
+                       const at::Tensor& down_w, const at::Tensor& down_b, Hooks& H) const;
 };
 
 }  // namespace mlxterp

@@ -179,11 +179,8 @@ class GPT2Model : public FamilyModel {
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
-    const LayerSites& s = ls_[i];
     const Extra& e = ex_[i];
-    at::Tensor u = H(s.up, blocks::linear(h, e.c_fc_t, e.c_fc_b));  // [b, t, d_mlp]
-    at::Tensor a = H(s.hidden, blocks::activation(config_.hidden_act, u));
-    return H(s.mlp, H(s.down, blocks::linear(a, e.c_proj_t, e.c_proj_b)));
+    return plain_mlp(i, h, e.c_fc_t, e.c_fc_b, e.c_proj_t, e.c_proj_b, H);
   }
 
  private:

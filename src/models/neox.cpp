@@ -153,11 +153,8 @@ class NeoXModel : public FamilyModel {
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
-    const LayerSites& s = ls_[i];
     const Extra& e = ex_[i];
-    at::Tensor u = H(s.up, blocks::linear(h, e.up_w, e.up_b));
-    at::Tensor a = H(s.hidden, blocks::activation(config_.hidden_act, u));
-    return H(s.mlp, H(s.down, blocks::linear(a, e.down_w, e.down_b)));
+    return plain_mlp(i, h, e.up_w, e.up_b, e.down_w, e.down_b, H);
   }
 
  private:

@@ -159,11 +159,8 @@ class PhiModel : public FamilyModel {
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
-    const LayerSites& s = ls_[i];
     const LayerWeights& w = lw_[i];
-    at::Tensor u = H(s.up, blocks::linear(h, w.up, w.up_b));  // [b, t, d_mlp]
-    at::Tensor a = H(s.hidden, blocks::activation(config_.hidden_act, u));
-    return H(s.mlp, H(s.down, blocks::linear(a, w.down, w.down_b)));
+    return plain_mlp(i, h, w.up, w.up_b, w.down, w.down_b, H);
   }
 
  private:

@@ -105,11 +105,8 @@ class Starcoder2Model : public FamilyModel {
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
-    const LayerSites& s = ls_[i];
     const Extra& e = ex_[i];
-    at::Tensor u = H(s.up, blocks::linear(h, e.fc_w, e.fc_b));                 // [b, t, d_mlp]
-    at::Tensor a = H(s.hidden, blocks::activation(config_.hidden_act, u));
-    return H(s.mlp, H(s.down, blocks::linear(a, e.proj_w, e.proj_b)));        // [b, t, d_model]
+    return plain_mlp(i, h, e.fc_w, e.fc_b, e.proj_w, e.proj_b, H);
   }
 
  private:

@@ -357,17 +357,6 @@ bool use_sparse_path(const SaeStepArgs& a) {
 
 namespace sae_detail {
 
-namespace {
-
-// This step's float32 moments -> bfloat16, stochastically rounded with the CUDA kernels' bits.
-std::pair<at::Tensor, at::Tensor> round_moments(const at::Tensor& m32, const at::Tensor& v32, int64_t t, int matrix) {
-  at::Tensor h = sae_kernels::moment_hash(m32.numel(), sae_kernels::moment_seed(t, matrix), m32.device());
-  return {sae_kernels::round_bf16_stochastic(m32, h, /*high=*/false),
-          sae_kernels::round_bf16_stochastic(v32, h, /*high=*/true)};
-}
-
-}  // namespace
-
 void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& ok,
                  const SaeStepArgs& a, int64_t t, bool decay, int matrix, bool in_place) {
   const bool bf16 = m.scalar_type() == at::kBFloat16;
@@ -385,7 +374,7 @@ void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& 
     at::Tensor denom = (v32 / bc2).sqrt_().add_(a.eps);
     p.addcdiv_(m32, denom, -a.lr / bc1);
     if (bf16) {
-      auto [m16, v16] = round_moments(m32, v32, t, matrix);
+      auto [m16, v16] = sae_kernels::round_moments_bf16(m32, v32, t, matrix);
       m.copy_(m16);
       v.copy_(v16);
     }
@@ -397,7 +386,7 @@ void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& 
   at::Tensor p_new = decay && a.weight_decay > 0 ? p * (1 - a.lr * a.weight_decay) : p;
   p_new = p_new - (m_new / bc1) / ((v_new / bc2).sqrt() + a.eps) * a.lr;
   p.copy_(at::where(ok, p_new, p));
-  if (bf16) std::tie(m_new, v_new) = round_moments(m_new, v_new, t, matrix);
+  if (bf16) std::tie(m_new, v_new) = sae_kernels::round_moments_bf16(m_new, v_new, t, matrix);
   m.copy_(at::where(ok, m_new, m));
   v.copy_(at::where(ok, v_new, v));
 }
