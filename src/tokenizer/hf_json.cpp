@@ -33,7 +33,7 @@ std::shared_ptr<Regex> pattern_regex(const json& p, const std::string& where, st
     if (literal) *literal = s;
     return std::make_shared<Regex>("\\Q" + replace_all(s, "\\E", "\\E\\\\E\\Q") + "\\E", where);
   }
-  return std::make_shared<Regex>(p["Regex"].get<std::string>(), where);
+  return std::make_shared<Regex>(oniguruma_to_pcre2(p["Regex"].get<std::string>(), where), where);
 }
 
 SplitBehavior parse_behavior(const json& j, const std::string& where) {
@@ -140,11 +140,15 @@ void add_pretokenizer(const json& j, const std::string& where, PipelineSpec& spe
     p.behavior = j.value("individual_digits", false) ? SplitBehavior::Isolated : SplitBehavior::Contiguous;
   } else if (t == "WhitespaceSplit") {
     p.kind = PreTokStep::WhitespaceSplit;
-    p.re = std::make_shared<Regex>(R"(\s+)", where + " WhitespaceSplit");
+    p.re = std::make_shared<Regex>(R"(\p{White_Space}+)", where + " WhitespaceSplit");  // Rust's char::is_whitespace
     p.behavior = SplitBehavior::Removed;
   } else if (t == "Whitespace") {
     p.kind = PreTokStep::Split;
-    p.re = std::make_shared<Regex>(R"(\w+|[^\w\s]+)", where + " Whitespace");
+    // HF's \w+|[^\w\s]+ in Rust's regex crate, where \w is Alphabetic, marks, decimal digits, connector
+    // punctuation and the joiners (PCRE2's \w is letters, digits and '_' only) and \s is White_Space.
+    p.re = std::make_shared<Regex>(
+        R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}]+|[^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}\p{White_Space}]+)",
+        where + " Whitespace");
     p.behavior = SplitBehavior::Removed;
     p.invert = true;
   } else if (t == "BertPreTokenizer") {

@@ -83,4 +83,56 @@ void Regex::for_each_match(std::string_view text, const std::function<void(size_
   }
 }
 
+std::string oniguruma_to_pcre2(const std::string& pattern, const std::string& where) {
+  static const char* kWordProps = R"(\p{L}\p{M}\p{Nd}\p{Pc})";
+  std::string out;
+  out.reserve(pattern.size() + 16);
+  bool in_class = false;
+  int class_start = -1;  // position right after '[' or '[^': a ']' there is a literal
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char n = pattern[i + 1];
+      if (n == 'Q') {  // quoted up to \E (or the end): copied as is
+        const size_t e = pattern.find("\\E", i + 2);
+        const size_t stop = e == std::string::npos ? pattern.size() : e + 2;
+        out.append(pattern, i, stop - i);
+        i = stop - 1;
+        continue;
+      }
+      if (n == 'w') {
+        out += in_class ? std::string(kWordProps) : "[" + std::string(kWordProps) + "]";
+      } else if (n == 'W') {
+        MLXTERP_CHECK(!in_class, where, ": the regex ", pattern, " has \\W inside a character class; expected "
+                      "\\W only outside classes (Oniguruma's \\W there has no PCRE2 equivalent, so it is refused "
+                      "rather than matched differently)");
+        out += "[^" + std::string(kWordProps) + "]";
+      } else {
+        out += c;
+        out += n;
+      }
+      ++i;
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out += c;
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      class_start = int(i) + 1;
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {  // POSIX [:alpha:]
+      const size_t e = pattern.find(":]", i + 2);
+      if (e != std::string::npos) {
+        out.append(pattern, i, e + 2 - i);
+        i = e + 1;
+        continue;
+      }
+    }
+    if (in_class && c == ']' && int(i) != class_start) in_class = false;
+    out += c;
+  }
+  return out;
+}
+
 }  // namespace mlxterp::tok

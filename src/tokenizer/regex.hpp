@@ -21,6 +21,14 @@ inline constexpr const char* kLlama3Pattern =
 inline constexpr const char* kQwen2Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
+// An Oniguruma pattern (tokenizer.json's Split / Replace "Regex") in PCRE2 terms. The two agree on the
+// syntax these files use, but not on \w: Oniguruma's is letters, marks, decimal digits and connector
+// punctuation, PCRE2's (10.42, UCP) letters, all numbers and '_'. So \w becomes [\p{L}\p{M}\p{Nd}\p{Pc}]
+// (inside a class, its four properties), \W outside a class its complement. Everything else is copied,
+// including escaped backslashes and \Q...\E quotes. A \W inside a class has no such expansion; it is
+// refused with a clear error rather than matched differently.
+std::string oniguruma_to_pcre2(const std::string& pattern, const std::string& where);
+
 class Regex {
  public:
   // Compiles with PCRE2_UTF | PCRE2_UCP and JIT; throws mlxterp::Error naming `where` and the offset.

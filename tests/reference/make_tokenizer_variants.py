@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Golden ids for tokenizer.json layouts the shared vocabularies do not cover: Unicode normalizers
 (NFC as in Pythia/GPT-NeoX and Qwen, NFD, NFKC, NFKD, Lowercase, BertNormalizer), the WordPiece
-model (BERT) and the Unigram model (T5 / ALBERT style, with and without byte fallback).
+model (BERT), the Unigram model (T5 / ALBERT style, with and without byte fallback), BPE with word-final
+and word-inner affixes (CLIP's "</w>", "##") and the WordLevel model.
 
     python3 tests/reference/make_tokenizer_variants.py [--data ../shared/data] \
         [--out tests/golden/tokenizers/variants]
@@ -188,6 +189,56 @@ def train_unigram(lines, path, path_bytes):
         json.dump(j, f, ensure_ascii=False, indent=1)
 
 
+CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def train_bpe_clip(lines, path):
+    """CLIP's layout: byte-level BPE whose word-final pieces carry "</w>", lower-cased, split by CLIP's regex."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    t = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
+    t.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                         normalizers.Lowercase()])
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=1200, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                                     end_of_word_suffix="</w>", min_frequency=2,
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    t.post_processor = processors.RobertaProcessing(("<|endoftext|>", t.token_to_id("<|endoftext|>")),
+                                                    ("<|startoftext|>", t.token_to_id("<|startoftext|>")))
+    t.save(path)
+
+
+def train_bpe_prefix(lines, path):
+    """BPE whose non-initial pieces carry "##" (continuing_subword_prefix), on BERT's pre-tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    t = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##"))
+    t.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    t.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    t.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=900, special_tokens=["[UNK]", "[PAD]"],
+                                                     continuing_subword_prefix="##", min_frequency=2,
+                                                     limit_alphabet=300))
+    t.save(path)
+
+
+def train_wordlevel(lines, path):
+    """A word-level vocabulary (whole pre-tokens or [UNK]) and no decoder (tokens joined by spaces)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    t = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    t.normalizer = normalizers.Lowercase()
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.train_from_iterator(lines, trainers.WordLevelTrainer(vocab_size=1500, special_tokens=["[UNK]", "[PAD]"],
+                                                           min_frequency=2))
+    t.save(path)
+
+
+TRAINERS = {"bpe-clip": train_bpe_clip, "bpe-prefix": train_bpe_prefix, "wordlevel": train_wordlevel}
+
 # name -> (base file under data/ or None for a trained file, edit of top-level fields)
 EDITS = {
     "gpt2-nfc": ("tokenizers/gpt2/tokenizer.json", {"normalizer": {"type": "NFC"}}),
@@ -203,13 +254,23 @@ EDITS = {
                           {"normalizer": {"type": "Sequence", "normalizers": [
                               {"type": "NFKC"}, {"type": "Lowercase"}, {"type": "Prepend", "prepend": "\u2581"},
                               {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}}),
+    # An Oniguruma Split pattern with \w (marks are word characters there) inside and outside a class.
+    "gpt2-split-word": ("tokenizers/gpt2/tokenizer.json",
+                        {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                            {"type": "Split", "pattern": {"Regex": r"[\w']+|\s+|\W"}, "behavior": "Isolated",
+                             "invert": False},
+                            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                             "use_regex": False}]}}),
 }
-TRAINED = ["wordpiece-bert", "wordpiece-cased", "unigram", "unigram-bytes"]
+TRAINED = ["wordpiece-bert", "wordpiece-cased", "unigram", "unigram-bytes", "bpe-clip", "bpe-clip-bpedecoder",
+           "bpe-prefix", "wordlevel", "wordlevel-wsplit"]
 # Edits of the trained files (base relative to --out).
 TRAINED_EDITS = {
     "wordpiece-cased": ("@wordpiece-bert", {"normalizer": {"type": "BertNormalizer", "clean_text": True,
                                                            "handle_chinese_chars": False, "strip_accents": False,
                                                            "lowercase": False}}),
+    "bpe-clip-bpedecoder": ("@bpe-clip", {"decoder": {"type": "BPEDecoder", "suffix": "</w>"}}),
+    "wordlevel-wsplit": ("@wordlevel", {"pre_tokenizer": {"type": "WhitespaceSplit"}}),
 }
 
 
@@ -304,6 +365,10 @@ def main():
         train_wordpiece(lines, wp)
     if not (os.path.exists(ug) and os.path.exists(ugb)):
         train_unigram(lines, ug, ugb)
+    for name, train in TRAINERS.items():  # trained once; committed beside the goldens
+        path = os.path.join(args.out, name + ".tokenizer.json")
+        if not os.path.exists(path):
+            train(lines, path)
 
     TRAINED_EDITS.update(precompiled_edits(lines))
     for name in TRAINED_EDITS:

@@ -84,7 +84,7 @@ INSTANTIATE_TEST_SUITE_P(Reference, TokenizerGolden,
 // tokenizer.json layouts beyond the shared files (tests/golden/tokenizers/variants, made by
 // tests/reference/make_tokenizer_variants.py with HF tokenizers): Unicode normalizers on the shared
 // vocabularies (the golden names the base file and the top-level fields it replaces), and small trained
-// WordPiece and Unigram tokenizers committed beside their goldens.
+// WordPiece, Unigram, BPE (CLIP's "</w>", "##" prefixes) and WordLevel tokenizers committed beside their goldens.
 const std::vector<std::string>& variant_strings() {
   static const std::vector<std::string> s = [] {
     auto v = strings();
@@ -124,7 +124,9 @@ TEST_P(TokenizerVariant, IdsAndDecodeMatchReference) {
 INSTANTIATE_TEST_SUITE_P(Reference, TokenizerVariant,
                          ::testing::Values("gpt2-nfc", "gpt2-nfd", "gpt2-nfkc", "gpt2-nfkd-lower", "gpt2-bertnorm",
                                            "llama3-nfc", "llama2-nfkc-lower", "wordpiece-bert", "wordpiece-cased",
-                                           "unigram", "unigram-bytes", "unigram-precompiled", "unigram-albert"),
+                                           "unigram", "unigram-bytes", "unigram-precompiled", "unigram-albert", "bpe-clip",
+                                           "bpe-clip-bpedecoder", "bpe-prefix", "wordlevel", "wordlevel-wsplit",
+                                           "gpt2-split-word"),
                          param_name);
 
 // Every GGUF tokenizer.ggml.pre name we map to split regexes, on the shared gpt-2 vocabulary with the name

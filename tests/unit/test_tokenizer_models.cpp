@@ -192,4 +192,32 @@ TEST(TokenizerModels, WordLevelLooksUpWholeWords) {
   EXPECT_NE(err.find("\"there\" is not in the WordLevel vocabulary"), std::string::npos) << err;
 }
 
+// HF's Whitespace pre-tokenizer is \w+|[^\w\s]+ in Rust's regex crate, and Split patterns are Oniguruma's:
+// both count marks as word characters (PCRE2's \w does not), so a word with combining marks or a Devanagari
+// word stays one piece, and U+FE0F (a variation selector, Mn) after a symbol is a word of its own.
+TEST(TokenizerModels, WordCharactersIncludeMarksAsInHf) {
+  TempDir tmp;
+  json vocab = {{"[UNK]", 0}, {"\u0928\u092e\u0938\u094d\u0924\u0947", 1}, {"\u2764", 2}, {"\ufe0f", 3},
+                {"e\u0301te", 4}, {"!", 5}, {"a_b", 6}};
+  json j = {{"model", {{"type", "WordLevel"}, {"vocab", vocab}, {"unk_token", "[UNK]"}}},
+            {"pre_tokenizer", {{"type", "Whitespace"}}}};
+  auto ws = load_json(tmp, j);
+  EXPECT_EQ(ws->encode("\u0928\u092e\u0938\u094d\u0924\u0947 \u2764\ufe0f e\u0301te! a_b"),
+            (std::vector<int32_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(ws->encode("a_b\u00a0!\u0085!"), (std::vector<int32_t>{6, 5, 5}));  // NBSP and NEL are whitespace
+
+  // The same words through an Oniguruma Split pattern: \w inside a class and \W outside one.
+  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "[\\w]+|\\W"}}}, {"behavior", "Isolated"},
+                        {"invert", false}};
+  vocab[" "] = 7;
+  j["model"]["vocab"] = vocab;
+  auto split = load_json(tmp, j);
+  EXPECT_EQ(split->encode("e\u0301te! \u0928\u092e\u0938\u094d\u0924\u0947"), (std::vector<int32_t>{4, 5, 7, 1}));
+  // \W inside a class has no PCRE2 form with Oniguruma's meaning: refused when loading, with the reason.
+  j["pre_tokenizer"]["pattern"] = {{"Regex", "[\\W\\d]+"}};
+  const std::string err = error_of([&] { load_json(tmp, j); });
+  EXPECT_NE(err.find("\\W inside a character class"), std::string::npos) << err;
+}
+
 }  // namespace
+
