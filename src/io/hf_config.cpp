@@ -204,9 +204,14 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   c.d_model = json_int(t, "hidden_size", json_int(t, "n_embd", 0, where), where);
   c.n_layers = json_int(t, "num_hidden_layers", json_int(t, "n_layer", 0, where), where);
   c.n_heads = json_int(t, "num_attention_heads", json_int(t, "n_head", 0, where), where);
+  if (c.model_type == "gpt_neo") {  // GPTNeoConfig's own names
+    c.n_layers = json_int(t, "num_layers", c.n_layers, where);
+    c.n_heads = json_int(t, "num_heads", c.n_heads, where);
+  }
   c.n_kv_heads = json_int(t, "num_key_value_heads", c.n_heads, where);
   if (c.n_heads > 0) c.d_head = json_int(t, "head_dim", c.d_model / c.n_heads, where);
   c.d_mlp = json_int(t, "intermediate_size", json_int(t, "n_inner", 4 * c.d_model, where), where);
+  if (c.model_type == "opt") c.d_mlp = json_int(t, "ffn_dim", c.d_mlp, where);
   c.d_vocab = json_int(t, "vocab_size", 0, where);
   c.n_ctx = json_int(t, "max_position_embeddings", json_int(t, "n_positions", 2048, where), where);
   c.norm_eps = json_float(t, "rms_norm_eps",
@@ -233,8 +238,30 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
     bool use = json_bool(t, "use_sliding_window", c.model_type.rfind("qwen", 0) != 0, where);
     if (use) c.sliding_window = json_int(t, "sliding_window", 0, where);
   }
-  // Layer types (5.x writes them; 4.x Gemma 2/3 and Qwen2 derive them).
-  if (t.contains("layer_types") && t["layer_types"].is_array()) {
+  // GPT-Neo: "global" / "local" layers (attention_layers, or its run-length form attention_types) and the
+  // local layers' window (window_size, counting the token itself).
+  if (c.model_type == "gpt_neo") {
+    c.sliding_window = json_int(t, "window_size", 256, where);
+    std::vector<std::string> kinds;
+    if (t.contains("attention_layers") && t["attention_layers"].is_array()) {
+      for (const auto& x : t["attention_layers"]) kinds.push_back(x.is_string() ? x.get<std::string>() : x.dump());
+    } else if (t.contains("attention_types") && t["attention_types"].is_array()) {
+      for (const auto& run : t["attention_types"]) {  // [[["global", "local"], 12]]
+        MLXTERP_CHECK(run.is_array() && run.size() == 2 && run[0].is_array() && run[1].is_number_integer() &&
+                          run[1].get<int64_t>() >= 0 && run[1].get<int64_t>() <= (1 << 14),
+                      where, ": attention_types entries must be [[kinds...], repeats], got ", run.dump());
+        for (int64_t r = 0; r < run[1].get<int64_t>(); ++r)
+          for (const auto& x : run[0]) kinds.push_back(x.is_string() ? x.get<std::string>() : x.dump());
+      }
+    } else {
+      kinds.assign(size_t(std::max<int64_t>(c.n_layers, 0)), "global");
+    }
+    for (const auto& k : kinds) {
+      MLXTERP_CHECK(k == "global" || k == "local", where, ": GPT-Neo attention layer kind '", k,
+                    "' is not supported; expected \"global\" or \"local\"");
+      c.layer_types.push_back(k == "local" ? "sliding_attention" : "full_attention");
+    }
+  } else if (t.contains("layer_types") && t["layer_types"].is_array()) {  // 5.x writes them; 4.x Gemma 2/3 and Qwen2 derive them
     for (const auto& x : t["layer_types"]) {
       MLXTERP_CHECK(x.is_string(), where, ": layer_types entries must be strings, got ", x.dump());
       c.layer_types.push_back(x.get<std::string>());
@@ -283,6 +310,11 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   } else if (c.model_type == "starcoder2") {
     c.norm_eps = json_float(t, "norm_epsilon", 1e-5, where);
     c.attention_bias = c.mlp_bias = json_bool(t, "use_bias", true, where);
+  } else if (c.model_type == "gpt_neo") {
+    c.norm_eps = json_float(t, "layer_norm_epsilon", 1e-5, where);
+  } else if (c.model_type == "opt") {
+    c.norm_eps = 1e-5;  // torch.nn.LayerNorm's default: OPTConfig has no epsilon
+    c.attention_bias = c.mlp_bias = json_bool(t, "enable_bias", true, where);
   }
   // Phi (1, 1.5, 2) rotates half of each head unless told; GPT-J rotates `rotary_dim` dims of each head
   // (class default 64; null = the whole head).

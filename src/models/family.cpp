@@ -1,5 +1,7 @@
 #include "models/family.hpp"
 
+#include "mlxterp/error.hpp"
+
 namespace mlxterp {
 
 int FamilyModel::add_site(int i, const std::string& comp, bool on_request) {
@@ -59,6 +61,16 @@ at::Tensor FamilyModel::plain_mlp(int i, const at::Tensor& h, const at::Tensor& 
   at::Tensor u = H(s.up, blocks::linear(h, up_w, up_b));  // [b, t, d_mlp]
   at::Tensor a = H(s.hidden, blocks::activation(config_.hidden_act, u));
   return H(s.mlp, H(s.down, blocks::linear(a, down_w, down_b)));  // [b, t, d_model]
+}
+
+at::Tensor FamilyModel::learned_positions(const Context& ctx, Hooks& H, const at::Tensor& wpe, int site,
+                                          int64_t offset, const char* family) const {
+  if (ctx.positions.numel()) {
+    const int64_t hi = ctx.positions.max().item<int64_t>();
+    MLXTERP_CHECK(hi + offset < wpe.size(0), family, ": position ", hi, " is past the model's learned positions; ",
+                  "expected at most ", wpe.size(0) - offset, " tokens (the config's n_positions / max_position_embeddings)");
+  }
+  return H(site, at::embedding(wpe, offset ? ctx.positions + offset : ctx.positions));  // [b, t, d]
 }
 
 }  // namespace mlxterp

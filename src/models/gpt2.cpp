@@ -146,14 +146,8 @@ class GPT2Model : public FamilyModel {
   }
 
   at::Tensor embed_block(const at::Tensor& tok, Context& ctx, Hooks& H) override {
-    if (ctx.positions.numel()) {
-      const int64_t hi = ctx.positions.max().item<int64_t>();
-      MLXTERP_CHECK(hi < config_.n_ctx, "gpt2: position ", hi, " is past the model's learned positions; expected at most ",
-                    config_.n_ctx, " tokens (n_positions)");
-    }
     at::Tensor x = H(embed_site_, at::embedding(embed_w_, tok));
-    at::Tensor p = H(pos_site_, at::embedding(wpe_, ctx.positions));
-    return x + p;
+    return x + learned_positions(ctx, H, wpe_, pos_site_, 0, "gpt2");
   }
 
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {

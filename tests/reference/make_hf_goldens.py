@@ -117,6 +117,21 @@ def variants():
     v["starcoder2"] = ("Starcoder2Config", base(norm_epsilon=1e-5, use_bias=True, sliding_window=4,
                                                 hidden_act="gelu_pytorch_tanh",
                                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    # GPT-Neo: learned positions, unscaled attention scores, global and local (windowed) layers, tied lm_head.
+    v["gpt_neo"] = ("GPTNeoConfig", dict(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
+                                         intermediate_size=None, window_size=4,
+                                         attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
+                                         activation_function="gelu_new", bos_token_id=1, eos_token_id=2))
+    # OPT: learned positions offset by 2, biases everywhere, ReLU; pre-LayerNorm (125m, 1.3b ...) and the
+    # post-LayerNorm layout of opt-350m with project_in / project_out around a narrower embedding.
+    v["opt"] = ("OPTConfig", dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                  num_attention_heads=4, max_position_embeddings=64, do_layer_norm_before=True,
+                                  word_embed_proj_dim=32, activation_function="relu", enable_bias=True,
+                                  bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    v["opt_postln"] = ("OPTConfig", dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                         num_attention_heads=4, max_position_embeddings=64, do_layer_norm_before=False,
+                                         word_embed_proj_dim=16, activation_function="relu", enable_bias=True,
+                                         bos_token_id=1, eos_token_id=2, pad_token_id=0))
     return v
 
 
@@ -187,7 +202,7 @@ def randomize(model, gen):
 
 
 def find_layers(model):
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers"):
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
         obj = model
         ok = True
         for part in path.split("."):
@@ -217,7 +232,9 @@ def capture(model, ids, mask=None):
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(hook(f"layer.{i}")))
         attn = next((getattr(layer, a) for a in ("self_attn", "attn", "attention") if hasattr(layer, a)), None)
-        mlp = next((getattr(layer, a) for a in ("mlp", "block_sparse_moe", "feed_forward") if hasattr(layer, a)), None)
+        # OPT's layer has no MLP module: fc2's output is the MLP block's output.
+        mlp = next((getattr(layer, a) for a in ("mlp", "block_sparse_moe", "feed_forward", "fc2") if hasattr(layer, a)),
+                   None)
         if attn is not None:
             handles.append(attn.register_forward_hook(hook(f"attn.{i}")))
         if mlp is not None:
@@ -225,7 +242,8 @@ def capture(model, ids, mask=None):
             gate = getattr(mlp, "gate", None)
             if isinstance(gate, torch.nn.Module) and getattr(mlp, "experts", None) is not None:
                 handles.append(gate.register_forward_hook(hook(f"router_logits.{i}")))
-    for norm_path in ("model.norm", "model.final_layernorm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
+    for norm_path in ("model.norm", "model.final_layernorm", "transformer.ln_f", "gpt_neox.final_layer_norm",
+                      "model.decoder.final_layer_norm"):
         obj = model
         try:
             for part in norm_path.split("."):
