@@ -197,7 +197,9 @@ class Model {
   }
 
   // Pieces for lenses and attribution (same math as the forward pass):
-  virtual at::Tensor embed(const at::Tensor& ids) const = 0;       // [b, t] -> [b, t, d_model] (incl. any scale)
+  // [b, t] -> [b, t, d_model]: each token's embedding as it enters the residual stream (incl. any scale,
+  // projection or embedding norm), without position embeddings, so any ids (a vocabulary sweep) are valid.
+  virtual at::Tensor embed(const at::Tensor& ids) const = 0;
   virtual at::Tensor final_norm(const at::Tensor& h) const = 0;    // [..., d_model]
   virtual at::Tensor unembed(const at::Tensor& h) const = 0;       // [..., d_model] -> [..., d_vocab] (incl. soft-cap)
   // W_U as [d_model, d_vocab] (for DLA / promoted tokens).

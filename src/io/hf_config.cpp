@@ -204,6 +204,7 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   c.d_model = json_int(t, "hidden_size", json_int(t, "n_embd", 0, where), where);
   c.n_layers = json_int(t, "num_hidden_layers", json_int(t, "n_layer", 0, where), where);
   c.n_heads = json_int(t, "num_attention_heads", json_int(t, "n_head", 0, where), where);
+  if (c.model_type == "bloom" && !t.contains("hidden_size")) c.d_model = json_int(t, "n_embed", c.d_model, where);
   if (c.model_type == "gpt_neo") {  // GPTNeoConfig's own names
     c.n_layers = json_int(t, "num_layers", c.n_layers, where);
     c.n_heads = json_int(t, "num_heads", c.n_heads, where);
@@ -310,8 +311,13 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   } else if (c.model_type == "starcoder2") {
     c.norm_eps = json_float(t, "norm_epsilon", 1e-5, where);
     c.attention_bias = c.mlp_bias = json_bool(t, "use_bias", true, where);
-  } else if (c.model_type == "gpt_neo") {
+  } else if (c.model_type == "gpt_neo" || c.model_type == "bloom" || c.model_type == "gpt_bigcode") {
     c.norm_eps = json_float(t, "layer_norm_epsilon", 1e-5, where);
+    if (c.model_type == "bloom") c.hidden_act = "gelu_pytorch_tanh";  // BloomGelu: the tanh approximation
+    if (c.model_type == "gpt_bigcode") {
+      c.hidden_act = json_string(t, "activation_function", "gelu_pytorch_tanh", where);
+      c.n_kv_heads = json_bool(t, "multi_query", true, where) ? 1 : c.n_heads;  // multi-query: one k/v head
+    }
   } else if (c.model_type == "opt") {
     c.norm_eps = 1e-5;  // torch.nn.LayerNorm's default: OPTConfig has no epsilon
     c.attention_bias = c.mlp_bias = json_bool(t, "enable_bias", true, where);

@@ -222,7 +222,12 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   MLXTERP_ASSERT(q.size(1) % k.size(1) == 0);
   const double scale = o.scale > 0 ? o.scale : 1.0 / std::sqrt(double(q.size(-1)));
 #if TORCH_VERSION_MAJOR >= 2
-  if (!o.need_weights && !o.softcap && !weights) {
+  if (o.bias.defined() && !o.need_weights && !weights) {  // the bias and the mask as one additive float mask
+    const at::Tensor add = at::where(mask, o.bias.to(q.scalar_type()),
+                                     at::full({}, -std::numeric_limits<float>::infinity(), q.options()));
+    return at::scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), add, 0.0, false, scale);
+  }
+  if (!o.need_weights && !o.softcap && !weights && !o.bias.defined()) {
     // The plain causal case goes without a mask so SDPA can pick FlashAttention (as HF's sdpa path does),
     // and since 2.5 with grouped K/V heads as they are (no repeat_kv copies).
     if (o.causal_only && q.size(2) == k.size(2)) {
@@ -237,6 +242,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 #endif
   at::Tensor kr = repeat_kv(k, n_rep), vr = repeat_kv(v, n_rep);
   at::Tensor scores = at::matmul(q, kr.transpose(-1, -2)) * scale;  // [b, h, t, T]
+  if (o.bias.defined()) scores = scores + o.bias.to(scores.scalar_type());
   if (o.softcap) scores = at::tanh(scores / *o.softcap) * *o.softcap;
   scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());

@@ -69,6 +69,7 @@ struct AttentionOptions {
   std::optional<double> softcap;       // Gemma 2: tanh(s / cap) * cap before masking
   bool need_weights = false;           // also return the probabilities
   bool causal_only = false;            // mask is the plain causal triangle (t == t_total): SDPA is_causal
+  at::Tensor bias;                     // added to the scaled scores, broadcast to [b, h, t, t_total] (ALiBi)
 };
 
 // q: [b, n_heads, t, d_head], k/v: [b, n_kv_heads, t_total, d_head], mask [b, 1, t, t_total] bool.

@@ -63,6 +63,23 @@ at::Tensor FamilyModel::plain_mlp(int i, const at::Tensor& h, const at::Tensor& 
   return H(s.mlp, H(s.down, blocks::linear(a, down_w, down_b)));  // [b, t, d_model]
 }
 
+LlamaModel::QKV FamilyModel::split_qkv(int i, const at::Tensor& qkv, const Context& ctx, Hooks& H,
+                                       QkvLayout layout) const {
+  const LayerSites& s = ls_[i];
+  const auto& c = config_;
+  const int64_t b = ctx.batch, t = ctx.t, nh = c.n_heads, nk = c.n_kv_heads, dh = c.d_head;
+  std::vector<at::Tensor> parts;
+  if (layout == QkvLayout::PerHead) {
+    MLXTERP_ASSERT(nk == nh);
+    parts = qkv.view({b, t, nh, 3 * dh}).split(dh, -1);  // each [b, t, nh, dh]
+    for (auto& p : parts) p = p.reshape({b, t, nh * dh});
+  } else {
+    parts = qkv.split_with_sizes({nh * dh, nk * dh, nk * dh}, -1);
+  }
+  at::Tensor q = H(s.q, parts[0]), k = H(s.k, parts[1]), v = H(s.v, parts[2]);
+  return {q.reshape({b, t, nh, dh}), k.reshape({b, t, nk, dh}), v.reshape({b, t, nk, dh})};
+}
+
 at::Tensor FamilyModel::learned_positions(const Context& ctx, Hooks& H, const at::Tensor& wpe, int site,
                                           int64_t offset, const char* family) const {
   if (ctx.positions.numel()) {

@@ -47,6 +47,11 @@ class FamilyModel : public LlamaModel {
   // add_mlp_sites(Mlp::Plain) made (mlp.up_proj, mlp.hidden, mlp.down_proj, mlp). Biases may be undefined.
   at::Tensor plain_mlp(int i, const at::Tensor& h, const at::Tensor& up_w, const at::Tensor& up_b,
                        const at::Tensor& down_w, const at::Tensor& down_b, Hooks& H) const;
+  // A fused q/k/v projection qkv [b, t, (H + 2K) dh] split through the q/k/v sites ([b, t, H dh] / [b, t, K dh])
+  // into heads. PerHead: each head's [q | k | v] (GPT-NeoX, BLOOM, GPTBigCode multi-head; needs K == H);
+  // Stacked: [all q | all k | all v] (GPT-2, GPTBigCode multi-query).
+  enum class QkvLayout { PerHead, Stacked };
+  QKV split_qkv(int i, const at::Tensor& qkv, const Context& ctx, Hooks& H, QkvLayout layout) const;
   // Learned absolute positions: rows ctx.positions + offset of wpe [n_rows, d] through `site` ([b, t, d]);
   // a position past the table is an error naming the family (OPT's table has offset = 2 extra rows).
   at::Tensor learned_positions(const Context& ctx, Hooks& H, const at::Tensor& wpe, int site, int64_t offset,

@@ -29,10 +29,6 @@ class GPT2Model : public FamilyModel {
     ropes_.clear();  // learned positions, no rotary embedding
   }
 
-  at::Tensor embed(const at::Tensor& ids) const override {
-    at::Tensor pos = at::arange(ids.size(-1), at::TensorOptions().dtype(at::kLong).device(embed_w_.device()));
-    return at::embedding(embed_w_, ids.to(embed_w_.device())) + at::embedding(wpe_, pos);
-  }
   at::Tensor final_norm(const at::Tensor& h) const override {
     return blocks::layer_norm(h, norm_w_, norm_b_, config_.norm_eps);
   }
@@ -164,12 +160,8 @@ class GPT2Model : public FamilyModel {
   QKV qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H) override {
     const LayerSites& s = ls_[i];
     const Extra& e = ex_[i];
-    const auto& c = config_;
     at::Tensor qkv = H(s.qkv, blocks::linear(h, e.c_attn_t, e.c_attn_b));  // [b, t, 3 d_model]
-    auto parts = qkv.split(c.d_model, -1);
-    at::Tensor q = H(s.q, parts[0]), k = H(s.k, parts[1]), v = H(s.v, parts[2]);
-    return {q.reshape({ctx.batch, ctx.t, c.n_heads, c.d_head}), k.reshape({ctx.batch, ctx.t, c.n_heads, c.d_head}),
-            v.reshape({ctx.batch, ctx.t, c.n_heads, c.d_head})};
+    return split_qkv(i, qkv, ctx, H, QkvLayout::Stacked);
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {

@@ -154,6 +154,7 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const ForwardArgs& args, H
   H.reset_progress();
   ctx.positions = args.position_ids.defined() ? args.position_ids.to(dev)
                                               : blocks::default_positions(ctx.batch, ctx.t, ctx.past, args.attention_mask, dev);
+  if (args.attention_mask.defined()) ctx.padding_mask = args.attention_mask.to(dev);
   ctx.full_mask = blocks::attention_mask(ctx.batch, ctx.t, ctx.past, args.attention_mask, std::nullopt, dev);
   if (config_.sliding_window)
     ctx.sliding_mask = blocks::attention_mask(ctx.batch, ctx.t, ctx.past, args.attention_mask, config_.sliding_window, dev);
@@ -244,6 +245,7 @@ at::Tensor LlamaModel::attend(int i, QKV p, Context& ctx, Hooks& H) {
   const bool need_w = H.wants(s.attn_weights);
   ao.need_weights = need_w;
   ao.causal_only = c.is_sliding(i) ? ctx.sliding_causal_only : ctx.full_causal_only;
+  if (ctx.attn_bias.defined()) ao.bias = ctx.attn_bias;
   at::Tensor probs;
   at::Tensor o = blocks::attention(q, k, v, mask, ao, need_w ? &probs : nullptr);  // [b, n_heads, t, d_head]
   if (need_w) {

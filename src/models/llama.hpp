@@ -44,6 +44,8 @@ class LlamaModel : public Model {
     bool full_causal_only = false, sliding_causal_only = false;
     std::map<std::string, std::pair<at::Tensor, at::Tensor>> cos_sin;  // by layer type
     KVCache* cache = nullptr;
+    at::Tensor padding_mask;  // [b, past + t] (1 = real token) as given; undefined: no padding
+    at::Tensor attn_bias;     // added to every layer's attention scores when set (BLOOM's ALiBi)
   };
 
   // For derived families: construct without building anything, then call init() at the end of the

@@ -142,14 +142,8 @@ class NeoXModel : public FamilyModel {
   QKV qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H) override {
     const LayerSites& s = ls_[i];
     const Extra& e = ex_[i];
-    const auto& c = config_;
-    const int64_t b = ctx.batch, t = ctx.t, nh = c.n_heads, dh = c.d_head;
     at::Tensor qkv = H(s.qkv, blocks::linear(h, e.qkv_w, e.qkv_b));  // [b, t, 3 d]: per head [q | k | v]
-    auto parts = qkv.view({b, t, nh, 3 * dh}).split(dh, -1);   // each [b, t, nh, dh]
-    at::Tensor q = H(s.q, parts[0].reshape({b, t, nh * dh}));
-    at::Tensor k = H(s.k, parts[1].reshape({b, t, nh * dh}));
-    at::Tensor v = H(s.v, parts[2].reshape({b, t, nh * dh}));
-    return {q.reshape({b, t, nh, dh}), k.reshape({b, t, nh, dh}), v.reshape({b, t, nh, dh})};
+    return split_qkv(i, qkv, ctx, H, QkvLayout::PerHead);
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {

@@ -36,6 +36,11 @@ class OPTModel : public FamilyModel {
     ropes_.clear();
   }
 
+  // The token's contribution to the residual stream: its embedding through project_in (when present).
+  at::Tensor embed(const at::Tensor& ids) const override {
+    at::Tensor x = at::embedding(embed_w_, ids.to(embed_w_.device()));
+    return project_in_.defined() ? at::linear(x, project_in_) : x;
+  }
   at::Tensor final_norm(const at::Tensor& h) const override {
     return final_ln_ ? blocks::layer_norm(h, norm_w_, norm_b_, config_.norm_eps) : h;
   }

@@ -132,6 +132,21 @@ def variants():
                                          num_attention_heads=4, max_position_embeddings=64, do_layer_norm_before=False,
                                          word_embed_proj_dim=16, activation_function="relu", enable_bias=True,
                                          bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    # BLOOM: ALiBi (6 heads: the slopes' non-power-of-two branch), a LayerNorm right after the embedding,
+    # per-head interleaved query_key_value; and the apply_residual_connection_post_layernorm layout.
+    v["bloom"] = ("BloomConfig", dict(vocab_size=VOCAB, hidden_size=48, n_layer=2, n_head=6, layer_norm_epsilon=1e-5,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    v["bloom_postres"] = ("BloomConfig", dict(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4,
+                                              layer_norm_epsilon=1e-5, apply_residual_connection_post_layernorm=True,
+                                              bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    # GPTBigCode (SantaCoder, StarCoder 1): GPT-2 blocks with Linear weights and multi-query attention; and
+    # the multi-head layout.
+    v["gpt_bigcode"] = ("GPTBigCodeConfig", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                 activation_function="gelu_pytorch_tanh", multi_query=True,
+                                                 bos_token_id=1, eos_token_id=2))
+    v["gpt_bigcode_mha"] = ("GPTBigCodeConfig", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                     activation_function="gelu_pytorch_tanh", multi_query=False,
+                                                     bos_token_id=1, eos_token_id=2))
     return v
 
 
@@ -225,13 +240,18 @@ def capture(model, ids, mask=None):
     store, handles = {}, []
 
     def hook(key):
-        def fn(_m, _inp, out):
-            store[key] = first(out).detach().float().clone()
+        def fn(m, inp, out):
+            o = first(out)
+            # BLOOM's attention and MLP modules add the residual (their second argument) themselves.
+            if "Bloom" in type(m).__name__ and key.split(".")[0] in ("attn", "mlp") and len(inp) > 1:
+                o = o - inp[1]
+            store[key] = o.detach().float().clone()
         return fn
 
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(hook(f"layer.{i}")))
-        attn = next((getattr(layer, a) for a in ("self_attn", "attn", "attention") if hasattr(layer, a)), None)
+        attn = next((getattr(layer, a) for a in ("self_attn", "attn", "attention", "self_attention")
+                     if hasattr(layer, a)), None)
         # OPT's layer has no MLP module: fc2's output is the MLP block's output.
         mlp = next((getattr(layer, a) for a in ("mlp", "block_sparse_moe", "feed_forward", "fc2") if hasattr(layer, a)),
                    None)

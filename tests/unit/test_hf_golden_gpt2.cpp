@@ -50,4 +50,14 @@ TEST(HFGpt2, CheckpointWithoutTransformerPrefix) {
   hf::expect_close(m->forward(g.ref.at("input_ids")), g.ref.at("logits"), 1e-4, "gpt2 without prefix");
 }
 
+// embed() is the token embedding without positions: a sweep over the whole vocabulary (128 ids, more than the
+// 64 learned positions) works and gives wte's rows (copying scores and causal tracing sweep it).
+TEST(HFGpt2, EmbedIsTheTokenEmbeddingForAnyIds) {
+  auto g = hf::load_golden("gpt2");
+  auto m = hf::build(g);
+  ASSERT_GT(g.config.d_vocab, g.config.n_ctx);
+  at::Tensor e = m->embed(at::arange(g.config.d_vocab, at::kLong).unsqueeze(0));
+  EXPECT_TRUE(at::equal(e[0].cpu(), load_safetensors_model(g.dir).at("transformer.wte.weight")));
+}
+
 }  // namespace
