@@ -30,6 +30,8 @@ const char* model_type_for(const std::string& arch) {
   if (arch == "stablelm") return "stablelm";
   if (arch == "starcoder2") return "starcoder2";
   if (arch == "gptj") return "gptj";
+  if (arch == "bloom") return "bloom";
+  if (arch == "starcoder") return "gpt_bigcode";
   if (arch == "qwen2moe") return "qwen2_moe";
   if (arch == "qwen3moe") return "qwen3_moe";
   if (arch == "olmoe") return "olmoe";
@@ -158,7 +160,7 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
   const bool moe = arch == "qwen2moe" || arch == "qwen3moe" || arch == "olmoe" || arch == "llama";
   // LayerNorm families whose blocks keep biased norms (phi2, stablelm, starcoder2, gptj: see below).
   const bool ln_family = arch == "phi2" || arch == "stablelm" || arch == "starcoder2" || arch == "gptj";
-  const bool layer_norm = arch == "gpt2" || arch == "gptneox" || ln_family;
+  const bool layer_norm = arch == "gpt2" || arch == "gptneox" || arch == "bloom" || arch == "starcoder" || ln_family;
 
   // ---- config (as the HF config.json would say it) ----
   json c = json::object();
@@ -268,6 +270,15 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
     c["rotary_dim"] = L.i("rope.dimension_count", 64);
     c["n_positions"] = L.i("context_length", 2048);
   }
+  if (arch == "bloom" || arch == "starcoder") {
+    c["layer_norm_epsilon"] = L.f("attention.layer_norm_epsilon", 1e-5);
+    if (arch == "starcoder") {
+      // llama.cpp's StarCoder graph is multi-query (the converter writes head_count_kv = 1).
+      c["multi_query"] = c["num_key_value_heads"].get<int64_t>() == 1;
+      c["n_positions"] = L.i("context_length", 2048);
+      c["activation_function"] = "gelu_pytorch_tanh";
+    }
+  }
   int64_t n_experts = 0;
   if (moe) {
     n_experts = L.i("expert_count", 0);
@@ -291,13 +302,15 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
   // ---- tensors ----
   auto shift_norm = [&](at::Tensor t) { return gemma ? (t.to(at::kFloat) - 1.0) : t; };
   L.require("token_embd.weight");
-  const std::string embed_hf = (arch == "gpt2" || arch == "gptj") ? "transformer.wte.weight"
-                               : arch == "gptneox"                 ? "gpt_neox.embed_in.weight"
-                                                                   : "model.embed_tokens.weight";
-  const std::string norm_hf = (arch == "gpt2" || arch == "gptj") ? "transformer.ln_f"
-                              : arch == "gptneox"                ? "gpt_neox.final_layer_norm"
-                              : arch == "phi2"                   ? "model.final_layernorm"
-                                                                 : "model.norm";
+  const bool transformer_h = arch == "gpt2" || arch == "gptj" || arch == "starcoder" || arch == "bloom";
+  const std::string embed_hf = arch == "bloom"      ? "transformer.word_embeddings.weight"
+                               : transformer_h      ? "transformer.wte.weight"
+                               : arch == "gptneox"  ? "gpt_neox.embed_in.weight"
+                                                    : "model.embed_tokens.weight";
+  const std::string norm_hf = transformer_h        ? "transformer.ln_f"
+                              : arch == "gptneox"  ? "gpt_neox.final_layer_norm"
+                              : arch == "phi2"     ? "model.final_layernorm"
+                                                   : "model.norm";
   const std::string head_hf = arch == "gptneox" ? "embed_out.weight" : "lm_head.weight";
   L.move("token_embd.weight", embed_hf);
   const at::Tensor& emb = L.weights[embed_hf];
@@ -314,9 +327,14 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
     }
   }
   if (arch == "phi2" || arch == "gptj") L.move("output.bias", "lm_head.bias");  // their heads carry a bias
-  if (arch == "gpt2") {
+  if (arch == "gpt2" || arch == "starcoder") {
     L.require("position_embd.weight");
     L.move("position_embd.weight", "transformer.wpe.weight");
+  }
+  if (arch == "bloom") {  // the LayerNorm after the token embedding
+    L.require("token_embd_norm.weight");
+    L.move("token_embd_norm.weight", "transformer.word_embeddings_layernorm.weight");
+    L.move("token_embd_norm.bias", "transformer.word_embeddings_layernorm.bias");
   }
 
   // Per-block rules: gguf suffix -> HF name template ({i} = block index).
@@ -354,6 +372,32 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
     transform = [n_heads](const std::string& s, at::Tensor t) {
       return s.rfind("attn_qkv.", 0) == 0 ? neox_regroup(t, n_heads) : t;
     };
+  } else if (arch == "bloom") {
+    const std::string h = "transformer.h.{i}.";
+    const std::pair<const char*, const char*> m[] = {{"attn_norm", "input_layernorm"},
+                                                     {"attn_qkv", "self_attention.query_key_value"},
+                                                     {"attn_output", "self_attention.dense"},
+                                                     {"ffn_norm", "post_attention_layernorm"},
+                                                     {"ffn_up", "mlp.dense_h_to_4h"},
+                                                     {"ffn_down", "mlp.dense_4h_to_h"}};
+    for (auto [gg, hh] : m)
+      for (const char* wb : {".weight", ".bias"}) rules.push_back({gg + std::string(wb), h + hh + wb});
+    // The converter stacks query_key_value as [q | k | v] (as GPT-NeoX's); HF keeps it per head.
+    transform = [n_heads](const std::string& s, at::Tensor t) {
+      return s.rfind("attn_qkv.", 0) == 0 ? neox_regroup(t, n_heads) : t;
+    };
+  } else if (arch == "starcoder") {
+    const std::string h = "transformer.h.{i}.";
+    const std::pair<const char*, const char*> m[] = {{"attn_norm", "ln_1"},      {"attn_qkv", "attn.c_attn"},
+                                                     {"attn_output", "attn.c_proj"}, {"ffn_norm", "ln_2"},
+                                                     {"ffn_up", "mlp.c_fc"},     {"ffn_down", "mlp.c_proj"}};
+    for (auto [gg, hh] : m)
+      for (const char* wb : {".weight", ".bias"}) rules.push_back({gg + std::string(wb), h + hh + wb});
+    // c_attn is [q | k | v] as llama.cpp reads it; a multi-head model's HF layout is per head.
+    if (n_kv != 1)
+      transform = [n_heads](const std::string& s, at::Tensor t) {
+        return s.rfind("attn_qkv.", 0) == 0 ? neox_regroup(t, n_heads) : t;
+      };
   } else if (arch == "gptj") {
     const std::string h = "transformer.h.{i}.";
     rules = {{"attn_norm.weight", h + "ln_1.weight"},           {"attn_norm.bias", h + "ln_1.bias"},

@@ -80,7 +80,7 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
   M[p + "attention.key_length"] = u32(mc.d_head);
   M[p + "attention.value_length"] = u32(mc.d_head);
   const bool ln = arch == "gpt2" || arch == "gptneox" || arch == "phi2" || arch == "stablelm" ||
-                  arch == "starcoder2" || arch == "gptj";
+                  arch == "starcoder2" || arch == "gptj" || arch == "bloom" || arch == "starcoder";
   M[p + (ln ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon")] = f32(mc.norm_eps);
   M[p + "rope.freq_base"] = f32(mc.rope_for_layer(mc.n_layers - 1).theta);
   M["tokenizer.ggml.bos_token_id"] = u32(1);
@@ -108,6 +108,47 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
         at::Tensor w = hf.at(h + hh + ".weight");
         T[b + gg + ".weight"] = w.dim() == 2 ? w.t().contiguous() : w;
         T[b + gg + ".bias"] = hf.at(h + hh + ".bias");
+      }
+    }
+    return out;
+  }
+  if (arch == "bloom" || arch == "starcoder") {
+    // BloomModel / StarCoderModel: feed_forward_length = 4 * n_embd, no key/value length or rope base;
+    // StarCoder's head_count_kv is 1 (multi-query), BLOOM's the head count.
+    for (const char* k : {"attention.key_length", "attention.value_length", "rope.freq_base"}) M.erase(p + k);
+    M[p + "feed_forward_length"] = u32(4 * mc.d_model);
+    const bool bloom = arch == "bloom";
+    put("token_embd.weight", bloom ? "transformer.word_embeddings.weight" : "transformer.wte.weight");
+    if (bloom) {
+      put("output.weight", "transformer.word_embeddings.weight");  // written out although tied
+      put("token_embd_norm.weight", "transformer.word_embeddings_layernorm.weight");
+      put("token_embd_norm.bias", "transformer.word_embeddings_layernorm.bias");
+    } else {
+      put("position_embd.weight", "transformer.wpe.weight");
+    }
+    put("output_norm.weight", "transformer.ln_f.weight");
+    put("output_norm.bias", "transformer.ln_f.bias");
+    const int64_t nh = mc.n_heads, d = mc.d_model;
+    for (int i = 0; i < mc.n_layers; ++i) {
+      const std::string b = "blk." + std::to_string(i) + ".", h = "transformer.h." + std::to_string(i) + ".";
+      std::vector<std::pair<std::string, std::string>> m;
+      if (bloom)
+        m = {{"attn_norm", "input_layernorm"}, {"attn_output", "self_attention.dense"},
+             {"ffn_norm", "post_attention_layernorm"}, {"ffn_up", "mlp.dense_h_to_4h"}, {"ffn_down", "mlp.dense_4h_to_h"}};
+      else
+        m = {{"attn_norm", "ln_1"}, {"attn_qkv", "attn.c_attn"}, {"attn_output", "attn.c_proj"},
+             {"ffn_norm", "ln_2"}, {"ffn_up", "mlp.c_fc"}, {"ffn_down", "mlp.c_proj"}};
+      for (const auto& [gg, hh] : m) {
+        put(b + gg + ".weight", h + hh + ".weight");
+        put(b + gg + ".bias", h + hh + ".bias");
+      }
+      if (bloom) {  // per-head [q | k | v] -> all q, all k, all v
+        at::Tensor w = hf.at(h + "self_attention.query_key_value.weight").reshape({nh, 3, d / nh, d});
+        T[b + "attn_qkv.weight"] = at::cat({w.select(1, 0).reshape({-1, d}), w.select(1, 1).reshape({-1, d}),
+                                            w.select(1, 2).reshape({-1, d})});
+        at::Tensor bias = hf.at(h + "self_attention.query_key_value.bias").reshape({nh, 3, d / nh});
+        T[b + "attn_qkv.bias"] =
+            at::cat({bias.select(1, 0).reshape({-1}), bias.select(1, 1).reshape({-1}), bias.select(1, 2).reshape({-1})});
       }
     }
     return out;
@@ -332,7 +373,8 @@ INSTANTIATE_TEST_SUITE_P(Golden, GGUFArch,
                                            Case{"qwen2_moe", "qwen2moe"}, Case{"qwen3_moe", "qwen3moe"},
                                            Case{"olmoe", "olmoe"}, Case{"phi", "phi2"},
                                            Case{"stablelm", "stablelm"}, Case{"starcoder2", "starcoder2"},
-                                           Case{"gptj", "gptj"}),
+                                           Case{"gptj", "gptj"}, Case{"bloom", "bloom"},
+                                           Case{"gpt_bigcode", "starcoder"}),
                          [](const auto& info) { return std::string(info.param.golden); });
 
 // Older phi2 GGUFs hold one fused blk.N.attn_qkv = [q; k; v] rows (weight and bias).
