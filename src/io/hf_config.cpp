@@ -318,6 +318,18 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
       c.hidden_act = json_string(t, "activation_function", "gelu_pytorch_tanh", where);
       c.n_kv_heads = json_bool(t, "multi_query", true, where) ? 1 : c.n_heads;  // multi-query: one k/v head
     }
+  } else if (c.model_type == "cohere") {
+    c.norm_eps = json_float(t, "layer_norm_eps", 1e-5, where);  // transformers also writes an unused rms_norm_eps
+  } else if (c.model_type == "falcon") {
+    c.norm_eps = json_float(t, "layer_norm_epsilon", 1e-5, where);
+    c.hidden_act = json_string(t, "activation", "gelu", where);
+    c.d_mlp = json_int(t, "ffn_hidden_size", 4 * c.d_model, where);
+    c.attention_bias = c.mlp_bias = json_bool(t, "bias", false, where);
+    // Key/value heads: num_kv_heads with new_decoder_architecture, else one (multi_query) or one per head.
+    if (json_bool(t, "new_decoder_architecture", false, where))
+      c.n_kv_heads = json_int(t, "num_kv_heads", c.n_heads, where);
+    else
+      c.n_kv_heads = json_bool(t, "multi_query", true, where) ? 1 : c.n_heads;
   } else if (c.model_type == "opt") {
     c.norm_eps = 1e-5;  // torch.nn.LayerNorm's default: OPTConfig has no epsilon
     c.attention_bias = c.mlp_bias = json_bool(t, "enable_bias", true, where);

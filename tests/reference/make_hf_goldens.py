@@ -147,6 +147,26 @@ def variants():
     v["gpt_bigcode_mha"] = ("GPTBigCodeConfig", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                                      activation_function="gelu_pytorch_tanh", multi_query=False,
                                                      bos_token_id=1, eos_token_id=2))
+    # Falcon: 7B layout (multi-query, parallel attention + MLP from one LayerNorm, no biases, rotary) and the
+    # 40B/180B one (new_decoder_architecture: grouped k/v heads, separate ln_attn / ln_mlp).
+    v["falcon"] = ("FalconConfig", dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        multi_query=True, parallel_attn=True, new_decoder_architecture=False,
+                                        bias=False, alibi=False, max_position_embeddings=64, rope_theta=10000.0,
+                                        bos_token_id=1, eos_token_id=2))
+    v["falcon_new"] = ("FalconConfig", dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                            num_kv_heads=2, new_decoder_architecture=True, parallel_attn=True,
+                                            bias=False, alibi=False, max_position_embeddings=64, rope_theta=10000.0,
+                                            bos_token_id=1, eos_token_id=2))
+    # Granite: Llama with embedding / residual / attention multipliers and logits scaling.
+    v["granite"] = ("GraniteConfig", base(embedding_multiplier=12.0, logits_scaling=8.0, residual_multiplier=0.22,
+                                          attention_multiplier=0.125,
+                                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    # Cohere (Command-R): parallel block from one bias-free LayerNorm, interleaved rotary, logit_scale, tied.
+    v["cohere"] = ("CohereConfig", base(logit_scale=0.25, use_qk_norm=False, layer_norm_eps=1e-5,
+                                        tie_word_embeddings=True,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    # OLMo (1): LayerNorms without parameters, q/k/v clipped to +-clip_qkv.
+    v["olmo"] = ("OlmoConfig", base(clip_qkv=1.0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
     return v
 
 
@@ -198,7 +218,8 @@ def randomize(model, gen):
     """Weights of O(1/sqrt(fan_in)) (HF's 0.02 init makes every activation tiny and every check trivial)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or "ln_f" in name:
+            if "norm" in name or name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or "ln_f" in name \
+                    or ".ln_" in name:
                 if name.endswith("bias"):
                     p.copy_(0.1 * torch.randn(p.shape, generator=gen))
                 elif "gemma" in type(model).__name__.lower():
