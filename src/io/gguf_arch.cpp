@@ -32,6 +32,10 @@ const char* model_type_for(const std::string& arch) {
   if (arch == "gptj") return "gptj";
   if (arch == "bloom") return "bloom";
   if (arch == "starcoder") return "gpt_bigcode";
+  if (arch == "falcon") return "falcon";
+  if (arch == "granite") return "granite";
+  if (arch == "command-r") return "cohere";
+  if (arch == "olmo") return "olmo";
   if (arch == "qwen2moe") return "qwen2_moe";
   if (arch == "qwen3moe") return "qwen3_moe";
   if (arch == "olmoe") return "olmoe";
@@ -44,6 +48,23 @@ at::Tensor unpermute_qk(const at::Tensor& w, int64_t n_heads) {
   std::vector<int64_t> shape = {n_heads, w.size(0) / n_heads / 2, 2};
   for (int64_t d = 1; d < w.dim(); ++d) shape.push_back(w.size(d));
   return w.reshape(shape).transpose(1, 2).reshape(w.sizes()).contiguous();
+}
+
+// Inverse of llama.cpp's Falcon converter for grouped k/v heads: [q (all heads) | k (K) | v (K)] rows ->
+// per key/value group [q x (H/K) | k | v] (HF's new_decoder_architecture layout).
+at::Tensor falcon_regroup(const at::Tensor& w, int64_t n_heads, int64_t n_kv) {
+  const int64_t hd = w.size(0) / (n_heads + 2 * n_kv);
+  std::vector<int64_t> tail;
+  for (int64_t d = 1; d < w.dim(); ++d) tail.push_back(w.size(d));
+  auto view = [&](const at::Tensor& t, int64_t per) {
+    std::vector<int64_t> shape = {n_kv, per, hd};
+    shape.insert(shape.end(), tail.begin(), tail.end());
+    return t.reshape(shape);
+  };
+  at::Tensor q = view(w.narrow(0, 0, n_heads * hd), n_heads / n_kv);
+  at::Tensor k = view(w.narrow(0, n_heads * hd, n_kv * hd), 1);
+  at::Tensor v = view(w.narrow(0, (n_heads + n_kv) * hd, n_kv * hd), 1);
+  return at::cat({q, k, v}, 1).reshape(w.sizes()).contiguous();
 }
 
 // Inverse of the GPT-NeoX converter: [q (all heads) | k | v] -> per head [q | k | v].
@@ -160,7 +181,8 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
   const bool moe = arch == "qwen2moe" || arch == "qwen3moe" || arch == "olmoe" || arch == "llama";
   // LayerNorm families whose blocks keep biased norms (phi2, stablelm, starcoder2, gptj: see below).
   const bool ln_family = arch == "phi2" || arch == "stablelm" || arch == "starcoder2" || arch == "gptj";
-  const bool layer_norm = arch == "gpt2" || arch == "gptneox" || arch == "bloom" || arch == "starcoder" || ln_family;
+  const bool layer_norm = arch == "gpt2" || arch == "gptneox" || arch == "bloom" || arch == "starcoder" ||
+                          arch == "falcon" || arch == "command-r" || arch == "olmo" || ln_family;
 
   // ---- config (as the HF config.json would say it) ----
   json c = json::object();
@@ -279,6 +301,32 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
       c["activation_function"] = "gelu_pytorch_tanh";
     }
   }
+  if (arch == "falcon") {
+    // The converter writes head_count_kv (1 for Falcon-7B's multi-query); two LayerNorms per block
+    // (attn_norm_2) or grouped k/v heads mean HF's new_decoder_architecture.
+    const int64_t kv = c["num_key_value_heads"].get<int64_t>();
+    const bool two_ln = L.has("blk.0.attn_norm_2.weight");
+    const bool new_arch = two_ln || kv > 1;
+    c["new_decoder_architecture"] = new_arch;
+    c["multi_query"] = !new_arch;
+    c["num_kv_heads"] = kv;
+    if (new_arch) c["num_ln_in_parallel_attn"] = two_ln ? 2 : 1;
+    c["parallel_attn"] = true;
+    c["layer_norm_epsilon"] = L.f("attention.layer_norm_epsilon", 1e-5);
+    if (c.contains("intermediate_size")) c["ffn_hidden_size"] = c["intermediate_size"];
+    c["bias"] = L.has("blk.0.attn_qkv.bias");
+  }
+  if (arch == "granite") {
+    c["embedding_multiplier"] = L.f("embedding_scale", 1.0);
+    c["residual_multiplier"] = L.f("residual_scale", 1.0);
+    c["attention_multiplier"] = L.f("attention.scale", head_dim > 0 ? 1.0 / std::sqrt(double(head_dim)) : 1.0);
+    c["logits_scaling"] = L.f("logit_scale", 1.0);
+  }
+  if (arch == "command-r") {
+    c["logit_scale"] = L.f("logit_scale", 1.0);
+    c["layer_norm_eps"] = L.f("attention.layer_norm_epsilon", 1e-5);
+  }
+  if (arch == "olmo" && g.has(L.p + "attention.clamp_kqv")) c["clip_qkv"] = L.f("attention.clamp_kqv", 0.0);
   int64_t n_experts = 0;
   if (moe) {
     n_experts = L.i("expert_count", 0);
@@ -302,8 +350,8 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
   // ---- tensors ----
   auto shift_norm = [&](at::Tensor t) { return gemma ? (t.to(at::kFloat) - 1.0) : t; };
   L.require("token_embd.weight");
-  const bool transformer_h = arch == "gpt2" || arch == "gptj" || arch == "starcoder" || arch == "bloom";
-  const std::string embed_hf = arch == "bloom"      ? "transformer.word_embeddings.weight"
+  const bool transformer_h = arch == "gpt2" || arch == "gptj" || arch == "starcoder" || arch == "bloom" || arch == "falcon";
+  const std::string embed_hf = arch == "bloom" || arch == "falcon" ? "transformer.word_embeddings.weight"
                                : transformer_h      ? "transformer.wte.weight"
                                : arch == "gptneox"  ? "gpt_neox.embed_in.weight"
                                                     : "model.embed_tokens.weight";
@@ -386,6 +434,21 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
     transform = [n_heads](const std::string& s, at::Tensor t) {
       return s.rfind("attn_qkv.", 0) == 0 ? neox_regroup(t, n_heads) : t;
     };
+  } else if (arch == "falcon") {
+    const std::string h = "transformer.h.{i}.";
+    const bool two_ln = c["new_decoder_architecture"].get<bool>() && c.value("num_ln_in_parallel_attn", 2) == 2;
+    const std::pair<const char*, std::string> m[] = {{"attn_norm", two_ln ? "ln_attn" : "input_layernorm"},
+                                                     {"attn_norm_2", "ln_mlp"},
+                                                     {"attn_qkv", "self_attention.query_key_value"},
+                                                     {"attn_output", "self_attention.dense"},
+                                                     {"ffn_up", "mlp.dense_h_to_4h"},
+                                                     {"ffn_down", "mlp.dense_4h_to_h"}};
+    for (const auto& [gg, hh] : m)
+      for (const char* wb : {".weight", ".bias"}) rules.push_back({gg + std::string(wb), h + hh + wb});
+    if (c["new_decoder_architecture"].get<bool>())
+      transform = [n_heads, n_kv](const std::string& s, at::Tensor t) {
+        return s.rfind("attn_qkv.", 0) == 0 ? falcon_regroup(t, n_heads, n_kv) : t;
+      };
   } else if (arch == "starcoder") {
     const std::string h = "transformer.h.{i}.";
     const std::pair<const char*, const char*> m[] = {{"attn_norm", "ln_1"},      {"attn_qkv", "attn.c_attn"},
@@ -447,7 +510,7 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
     rules.push_back({"ffn_norm.weight", h + (arch == "gemma2" || arch == "gemma3" ? "pre_feedforward_layernorm.weight"
                                                                                   : "post_attention_layernorm.weight")});
     rules.push_back({"ffn_up.weight", h + (arch == "phi3" ? "mlp.gate_up_proj.weight" : "mlp.up_proj.weight")});
-    if (arch == "llama") {
+    if (arch == "llama" || arch == "granite" || arch == "olmo") {  // their converters permute q/k for ggml's RoPE
       transform = [n_heads, n_kv](const std::string& s, at::Tensor t) {
         if (s == "attn_q.weight") return unpermute_qk(t, n_heads);
         if (s == "attn_k.weight") return unpermute_qk(t, n_kv);

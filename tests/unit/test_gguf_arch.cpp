@@ -80,7 +80,8 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
   M[p + "attention.key_length"] = u32(mc.d_head);
   M[p + "attention.value_length"] = u32(mc.d_head);
   const bool ln = arch == "gpt2" || arch == "gptneox" || arch == "phi2" || arch == "stablelm" ||
-                  arch == "starcoder2" || arch == "gptj" || arch == "bloom" || arch == "starcoder";
+                  arch == "starcoder2" || arch == "gptj" || arch == "bloom" || arch == "starcoder" || arch == "falcon" ||
+                  arch == "command-r" || arch == "olmo";
   M[p + (ln ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon")] = f32(mc.norm_eps);
   M[p + "rope.freq_base"] = f32(mc.rope_for_layer(mc.n_layers - 1).theta);
   M["tokenizer.ggml.bos_token_id"] = u32(1);
@@ -150,6 +151,33 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
         T[b + "attn_qkv.bias"] =
             at::cat({bias.select(1, 0).reshape({-1}), bias.select(1, 1).reshape({-1}), bias.select(1, 2).reshape({-1})});
       }
+    }
+    return out;
+  }
+  if (arch == "falcon") {
+    // FalconModel: feed_forward_length = 4 * n_embd, head_count_kv from num_kv_heads (1 for the multi-query 7B
+    // configs, which do not set it), and query_key_value rearranged from per-group [q.. | k | v] to
+    // [all q | all k | all v].
+    for (const char* k : {"attention.key_length", "attention.value_length"}) M.erase(p + k);
+    M[p + "feed_forward_length"] = u32(4 * mc.d_model);
+    const int64_t nh = mc.n_heads, nk = mc.n_kv_heads, dh = mc.d_head, d = mc.d_model;
+    put("token_embd.weight", "transformer.word_embeddings.weight");
+    put("output.weight", "transformer.word_embeddings.weight");
+    put("output_norm.weight", "transformer.ln_f.weight");
+    put("output_norm.bias", "transformer.ln_f.bias");
+    for (int i = 0; i < mc.n_layers; ++i) {
+      const std::string b = "blk." + std::to_string(i) + ".", h = "transformer.h." + std::to_string(i) + ".";
+      const std::pair<const char*, const char*> m[] = {{"attn_norm", "input_layernorm"}, {"attn_norm", "ln_attn"},
+                                                       {"attn_norm_2", "ln_mlp"}, {"attn_output", "self_attention.dense"},
+                                                       {"ffn_up", "mlp.dense_h_to_4h"}, {"ffn_down", "mlp.dense_4h_to_h"}};
+      for (auto [gg, hh] : m) {
+        put(b + gg + ".weight", h + hh + ".weight");
+        put(b + gg + ".bias", h + hh + ".bias");
+      }
+      at::Tensor w = hf.at(h + "self_attention.query_key_value.weight").view({nk, nh / nk + 2, dh, d});
+      T[b + "attn_qkv.weight"] = at::cat({w.narrow(1, 0, nh / nk).reshape({nh * dh, d}),
+                                          w.narrow(1, nh / nk, 1).reshape({nk * dh, d}),
+                                          w.narrow(1, nh / nk + 1, 1).reshape({nk * dh, d})});
     }
     return out;
   }
@@ -270,6 +298,16 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
     M[p + "rope.freq_base_swa"] = f32(mc.rope.at("sliding_attention").theta);
   }
   if (arch == "phi3") M[p + "rope.dimension_count"] = u32(mc.d_head);
+  if (arch == "granite") {
+    M[p + "embedding_scale"] = f32(c.at("embedding_multiplier").get<double>());
+    M[p + "residual_scale"] = f32(c.at("residual_multiplier").get<double>());
+    M[p + "attention.scale"] = f32(c.at("attention_multiplier").get<double>());
+    M[p + "logit_scale"] = f32(c.at("logits_scaling").get<double>());
+  }
+  if (arch == "command-r") M[p + "logit_scale"] = f32(c.at("logit_scale").get<double>());
+  if (arch == "olmo") M[p + "attention.clamp_kqv"] = f32(c.at("clip_qkv").get<double>());
+  // Converters that permute Q/K rows for ggml's RoPE: Mixtral's (LlamaModel), Granite's and OLMo's.
+  const bool permute_qk = arch == "granite" || arch == "olmo";
   const bool moe = c.contains("num_experts_per_tok");
   const bool mixtral = moe && arch == "llama";
   int64_t E = 0;
@@ -284,7 +322,7 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
   for (int i = 0; i < mc.n_layers; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".", h = "model.layers." + std::to_string(i) + ".";
     put(b + "attn_norm.weight", h + "input_layernorm.weight", true);
-    if (mixtral) {
+    if (mixtral || permute_qk) {
       T[b + "attn_q.weight"] = permute(hf.at(h + "self_attn.q_proj.weight"), mc.n_heads);
       T[b + "attn_k.weight"] = permute(hf.at(h + "self_attn.k_proj.weight"), mc.n_kv_heads);
     } else {
@@ -374,7 +412,9 @@ INSTANTIATE_TEST_SUITE_P(Golden, GGUFArch,
                                            Case{"olmoe", "olmoe"}, Case{"phi", "phi2"},
                                            Case{"stablelm", "stablelm"}, Case{"starcoder2", "starcoder2"},
                                            Case{"gptj", "gptj"}, Case{"bloom", "bloom"},
-                                           Case{"gpt_bigcode", "starcoder"}),
+                                           Case{"gpt_bigcode", "starcoder"}, Case{"falcon", "falcon"},
+                                           Case{"falcon_new", "falcon"}, Case{"granite", "granite"},
+                                           Case{"cohere", "command-r"}, Case{"olmo", "olmo"}),
                          [](const auto& info) { return std::string(info.param.golden); });
 
 // Older phi2 GGUFs hold one fused blk.N.attn_qkv = [q; k; v] rows (weight and bias).
