@@ -60,7 +60,7 @@ TEST(HFGraniteSites, ScalarsEnterLensesToo) {
   auto g = hf::load_golden("granite");
   auto m = hf::build(g);
   // unembed / unembedding_matrix include logits_scaling; embed includes embedding_multiplier.
-  at::Tensor hd = at::randn({1, 2, g.config.d_model});
+  at::Tensor hd = at::randn({1, 2, g.config.d_model}).to(test_device());
   EXPECT_LT(max_abs_diff(m->unembed(hd), at::matmul(hd, m->unembedding_matrix())), 1e-5);
   at::Tensor ids = at::arange(4, at::kLong).unsqueeze(0);
   EXPECT_LT(max_abs_diff(m->embed(ids)[0], load_safetensors_model(g.dir).at("model.embed_tokens.weight").narrow(0, 0, 4) * 12.0),
@@ -74,7 +74,7 @@ TEST(HFCohereSites, ParallelBlockAndLogitScale) {
   EXPECT_LT(S.find("model.layers.0.resid_mid"), 0);
   EXPECT_LT(S.find("model.layers.0.post_attention_layernorm"), 0);
   EXPECT_NEAR(g.config.norm_eps, 1e-5, 1e-12);  // layer_norm_eps, not the unused rms_norm_eps
-  at::Tensor hd = at::randn({1, 2, g.config.d_model});
+  at::Tensor hd = at::randn({1, 2, g.config.d_model}).to(test_device());
   EXPECT_LT(max_abs_diff(m->unembed(hd), at::matmul(hd, m->unembedding_matrix())), 1e-5);
   nlohmann::json j = g.config.raw;
   j["use_qk_norm"] = true;

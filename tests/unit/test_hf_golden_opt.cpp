@@ -47,7 +47,7 @@ TEST(HFOptSites, PostNormLayoutAndProjections) {
   // The unembedding from the residual stream is lm_head after project_out: [d_model, vocab].
   at::Tensor U = m->unembedding_matrix();
   EXPECT_EQ(U.sizes(), (std::vector<int64_t>{g.config.d_model, g.config.d_vocab}));
-  at::Tensor h = at::randn({1, 3, g.config.d_model});
+  at::Tensor h = at::randn({1, 3, g.config.d_model}).to(test_device());
   EXPECT_LT(max_abs_diff(m->unembed(h), at::matmul(h, U)), 1e-5);
   Hooks hk(S);
   const int pin = S.resolve("model.project_in");
