@@ -36,6 +36,7 @@ const char* model_type_for(const std::string& arch) {
   if (arch == "granite") return "granite";
   if (arch == "command-r") return "cohere";
   if (arch == "olmo") return "olmo";
+  if (arch == "mpt") return "mpt";
   if (arch == "qwen2moe") return "qwen2_moe";
   if (arch == "qwen3moe") return "qwen3_moe";
   if (arch == "olmoe") return "olmoe";
@@ -182,7 +183,7 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
   // LayerNorm families whose blocks keep biased norms (phi2, stablelm, starcoder2, gptj: see below).
   const bool ln_family = arch == "phi2" || arch == "stablelm" || arch == "starcoder2" || arch == "gptj";
   const bool layer_norm = arch == "gpt2" || arch == "gptneox" || arch == "bloom" || arch == "starcoder" ||
-                          arch == "falcon" || arch == "command-r" || arch == "olmo" || ln_family;
+                          arch == "falcon" || arch == "command-r" || arch == "olmo" || arch == "mpt" || ln_family;
 
   // ---- config (as the HF config.json would say it) ----
   json c = json::object();
@@ -327,6 +328,13 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
     c["layer_norm_eps"] = L.f("attention.layer_norm_epsilon", 1e-5);
   }
   if (arch == "olmo" && g.has(L.p + "attention.clamp_kqv")) c["clip_qkv"] = L.f("attention.clamp_kqv", 0.0);
+  if (arch == "mpt") {
+    json attn = {{"alibi", true}, {"alibi_bias_max", L.f("attention.max_alibi_bias", 8.0)}};
+    if (g.has(L.p + "attention.clamp_kqv")) attn["clip_qkv"] = L.f("attention.clamp_kqv", 0.0);
+    c["attn_config"] = attn;
+    c["max_seq_len"] = L.i("context_length", 2048);
+    c["layer_norm_epsilon"] = L.f("attention.layer_norm_epsilon", 1e-5);
+  }
   int64_t n_experts = 0;
   if (moe) {
     n_experts = L.i("expert_count", 0);
@@ -350,12 +358,14 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
   // ---- tensors ----
   auto shift_norm = [&](at::Tensor t) { return gemma ? (t.to(at::kFloat) - 1.0) : t; };
   L.require("token_embd.weight");
-  const bool transformer_h = arch == "gpt2" || arch == "gptj" || arch == "starcoder" || arch == "bloom" || arch == "falcon";
+  const bool transformer_h =
+      arch == "gpt2" || arch == "gptj" || arch == "starcoder" || arch == "bloom" || arch == "falcon" || arch == "mpt";
   const std::string embed_hf = arch == "bloom" || arch == "falcon" ? "transformer.word_embeddings.weight"
                                : transformer_h      ? "transformer.wte.weight"
                                : arch == "gptneox"  ? "gpt_neox.embed_in.weight"
                                                     : "model.embed_tokens.weight";
-  const std::string norm_hf = transformer_h        ? "transformer.ln_f"
+  const std::string norm_hf = arch == "mpt"         ? "transformer.norm_f"
+                              : transformer_h      ? "transformer.ln_f"
                               : arch == "gptneox"  ? "gpt_neox.final_layer_norm"
                               : arch == "phi2"     ? "model.final_layernorm"
                                                    : "model.norm";
@@ -449,6 +459,11 @@ ModelFiles read_gguf_family_model(const GGUFFile& g, const std::string& arch, co
       transform = [n_heads, n_kv](const std::string& s, at::Tensor t) {
         return s.rfind("attn_qkv.", 0) == 0 ? falcon_regroup(t, n_heads, n_kv) : t;
       };
+  } else if (arch == "mpt") {
+    const std::string h = "transformer.blocks.{i}.";
+    rules = {{"attn_norm.weight", h + "norm_1.weight"},          {"attn_qkv.weight", h + "attn.Wqkv.weight"},
+             {"attn_output.weight", h + "attn.out_proj.weight"}, {"ffn_norm.weight", h + "norm_2.weight"},
+             {"ffn_up.weight", h + "ffn.up_proj.weight"},        {"ffn_down.weight", h + "ffn.down_proj.weight"}};
   } else if (arch == "starcoder") {
     const std::string h = "transformer.h.{i}.";
     const std::pair<const char*, const char*> m[] = {{"attn_norm", "ln_1"},      {"attn_qkv", "attn.c_attn"},

@@ -95,7 +95,7 @@ at::Tensor unpermute_qk(const at::Tensor& w, int64_t n_heads, int64_t n_rot) {
 std::string supported_list() {
   std::string s;
   for (const auto& a : kArchs) s += (s.empty() ? "" : ", ") + std::string(a.gguf_arch);
-  return s + ", gemma, gemma2, gemma3, phi3, gpt2, gptneox, olmo2, qwen2moe, qwen3moe, olmoe, phi2, stablelm, starcoder2, gptj, bloom, starcoder, falcon, granite, command-r, olmo";
+  return s + ", gemma, gemma2, gemma3, phi3, gpt2, gptneox, olmo2, qwen2moe, qwen3moe, olmoe, phi2, stablelm, starcoder2, gptj, bloom, starcoder, falcon, granite, command-r, olmo, mpt";
 }
 
 // A required integer hyper-parameter, with an error that names the key and the architecture.

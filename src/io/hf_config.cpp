@@ -205,6 +205,11 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   c.n_layers = json_int(t, "num_hidden_layers", json_int(t, "n_layer", 0, where), where);
   c.n_heads = json_int(t, "num_attention_heads", json_int(t, "n_head", 0, where), where);
   if (c.model_type == "bloom" && !t.contains("hidden_size")) c.d_model = json_int(t, "n_embed", c.d_model, where);
+  if (c.model_type == "mpt") {  // MptConfig's own names
+    c.d_model = json_int(t, "d_model", c.d_model, where);
+    c.n_layers = json_int(t, "n_layers", c.n_layers, where);
+    c.n_heads = json_int(t, "n_heads", c.n_heads, where);
+  }
   if (c.model_type == "gpt_neo") {  // GPTNeoConfig's own names
     c.n_layers = json_int(t, "num_layers", c.n_layers, where);
     c.n_heads = json_int(t, "num_heads", c.n_heads, where);
@@ -318,6 +323,11 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
       c.hidden_act = json_string(t, "activation_function", "gelu_pytorch_tanh", where);
       c.n_kv_heads = json_bool(t, "multi_query", true, where) ? 1 : c.n_heads;  // multi-query: one k/v head
     }
+  } else if (c.model_type == "mpt") {
+    c.norm_eps = json_float(t, "layer_norm_epsilon", 1e-5, where);
+    c.hidden_act = "gelu";        // MptMLP: exact GELU
+    c.d_mlp = 4 * c.d_model;      // MptMLP: always 4 d_model, whatever expansion_ratio says
+    c.n_ctx = json_int(t, "max_seq_len", c.n_ctx, where);
   } else if (c.model_type == "cohere") {
     c.norm_eps = json_float(t, "layer_norm_eps", 1e-5, where);  // transformers also writes an unused rms_norm_eps
   } else if (c.model_type == "falcon") {

@@ -93,16 +93,7 @@ class BloomModel : public FamilyModel {
     embed_site_ = add_site(-1, "model.embed_tokens");
     embed_norm_site_ = add_site(-1, "model.embed_layernorm");
     ls_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/true);
-      l.resid_mid = add_site(i, "resid_mid");
-      l.post_norm = add_site(i, "post_attention_layernorm");
-      add_mlp_sites(i, l, Mlp::Plain);
-      l.out = add_site(i, "");
-    }
+    for (int i = 0; i < config_.n_layers; ++i) add_block_sites(i, {.fused_qkv = true});
     norm_site_ = add_site(-1, "model.norm");
     head_site_ = add_site(-1, "lm_head");
     sites_.add_alias("transformer.word_embeddings", embed_site_);

@@ -33,6 +33,43 @@ void FamilyModel::add_mlp_sites(int i, LayerSites& l, Mlp kind) {
   l.mlp = add_site(i, "mlp");
 }
 
+void FamilyModel::add_block_sites(int i, const BlockShape& shape) {
+  LayerSites& l = ls_[i];
+  l.resid_pre = add_site(i, "resid_pre");
+  if (shape.input_norm) l.input_norm = add_site(i, "input_layernorm");
+  add_attention_sites(i, l, shape.fused_qkv);
+  if (shape.resid_mid) l.resid_mid = add_site(i, "resid_mid");
+  if (shape.post_norm) l.post_norm = add_site(i, "post_attention_layernorm");
+  add_mlp_sites(i, l, shape.mlp);
+  l.out = add_site(i, "");
+}
+
+const std::vector<std::pair<std::string, std::string>>& FamilyModel::gpt2_block_paths() {
+  static const std::vector<std::pair<std::string, std::string>> paths = {
+      {"", ""},
+      {"ln_1", "input_layernorm"},
+      {"attn", "self_attn"},
+      {"attn.c_attn", "self_attn.qkv_proj"},
+      {"attn.c_proj", "self_attn.o_proj"},
+      {"ln_2", "post_attention_layernorm"},
+      {"mlp", "mlp"},
+      {"mlp.c_fc", "mlp.up_proj"},
+      {"mlp.act", "mlp.hidden"},
+      {"mlp.c_proj", "mlp.down_proj"}};
+  return paths;
+}
+
+at::Tensor FamilyModel::layer_norm_block(int i, at::Tensor x, Context& ctx, Hooks& H, const at::Tensor& w1,
+                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+  const LayerSites& s = ls_[i];
+  const double eps = config_.norm_eps;
+  x = H(s.resid_pre, x);
+  at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w1, b1, eps));
+  x = H(s.resid_mid, x + attention_block(i, h, ctx, H));
+  h = H(s.post_norm, blocks::layer_norm(x, w2, b2, eps));
+  return H(s.out, x + mlp_block(i, h, H));
+}
+
 void FamilyModel::alias_blocks(const std::string& prefix,
                                const std::vector<std::pair<std::string, std::string>>& map) {
   for (int i = 0; i < config_.n_layers; ++i) {

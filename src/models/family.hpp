@@ -36,6 +36,20 @@ class FamilyModel : public LlamaModel {
   // MLP sites: Gated mlp.{gate,up}_proj, FusedGated mlp.gate_up_proj + the split halves, Plain
   // mlp.up_proj (fc_in); then mlp.hidden (down_proj input), mlp.down_proj, mlp.
   void add_mlp_sites(int i, LayerSites& l, Mlp kind);
+  // All sites of block i in execution order: resid_pre, [input_layernorm], the attention sites, [resid_mid],
+  // [post_attention_layernorm], the MLP sites, the block output. The flags drop what a family lacks.
+  struct BlockShape {
+    bool input_norm = true, fused_qkv = false, resid_mid = true, post_norm = true;
+    Mlp mlp = Mlp::Plain;
+  };
+  void add_block_sites(int i, const BlockShape& shape);
+  // GPT-2's native block paths (ln_1, attn, attn.c_attn, attn.c_proj, ln_2, mlp, mlp.c_fc, mlp.act, mlp.c_proj)
+  // as (native suffix, canonical component) pairs for alias_blocks; GPTBigCode shares them.
+  static const std::vector<std::pair<std::string, std::string>>& gpt2_block_paths();
+  // The pre-LayerNorm sequential block of GPT-2 and its kin, through the sites add_block_sites made:
+  //   x + attn(LayerNorm(x; w1, b1)), then + mlp(LayerNorm(.; w2, b2)). [b, t, d] -> [b, t, d]
+  at::Tensor layer_norm_block(int i, at::Tensor x, Context& ctx, Hooks& H, const at::Tensor& w1, const at::Tensor& b1,
+                              const at::Tensor& w2, const at::Tensor& b2);
   // For each block i and each (native suffix, canonical component) pair, aliases
   // "<prefix><i>[.<native>]" to the canonical "model.layers.<i>[.<component>]" where that site exists.
   void alias_blocks(const std::string& prefix, const std::vector<std::pair<std::string, std::string>>& map);

@@ -62,32 +62,14 @@ class GPTBigCodeModel : public FamilyModel {
     embed_site_ = add_site(-1, "model.embed_tokens");
     pos_site_ = add_site(-1, "model.embed_positions");
     ls_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/true);
-      l.resid_mid = add_site(i, "resid_mid");
-      l.post_norm = add_site(i, "post_attention_layernorm");
-      add_mlp_sites(i, l, Mlp::Plain);
-      l.out = add_site(i, "");
-    }
+    for (int i = 0; i < config_.n_layers; ++i) add_block_sites(i, {.fused_qkv = true});
     norm_site_ = add_site(-1, "model.norm");
     head_site_ = add_site(-1, "lm_head");
     sites_.add_alias("transformer.wte", embed_site_);
     sites_.add_alias("transformer.wpe", pos_site_);
     sites_.add_alias("hook_pos_embed", pos_site_);
     sites_.add_alias("transformer.ln_f", norm_site_);
-    alias_blocks("transformer.h.", {{"", ""},
-                                    {"ln_1", "input_layernorm"},
-                                    {"attn", "self_attn"},
-                                    {"attn.c_attn", "self_attn.qkv_proj"},
-                                    {"attn.c_proj", "self_attn.o_proj"},
-                                    {"ln_2", "post_attention_layernorm"},
-                                    {"mlp", "mlp"},
-                                    {"mlp.c_fc", "mlp.up_proj"},
-                                    {"mlp.act", "mlp.hidden"},
-                                    {"mlp.c_proj", "mlp.down_proj"}});
+    alias_blocks("transformer.h.", gpt2_block_paths());
     alias_blocks("blocks.", {{"mlp.hook_pre", "mlp.up_proj"}});
     sites_.add_standard_aliases(int(config_.n_layers));
   }
@@ -133,14 +115,7 @@ class GPTBigCodeModel : public FamilyModel {
   }
 
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
-    const LayerSites& s = ls_[i];
-    const LayerWeights& w = lw_[i];
-    const Extra& e = ex_[i];
-    x = H(s.resid_pre, x);
-    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, e.ln1_b, config_.norm_eps));
-    x = H(s.resid_mid, x + attention_block(i, h, ctx, H));
-    h = H(s.post_norm, blocks::layer_norm(x, w.ln2, e.ln2_b, config_.norm_eps));
-    return H(s.out, x + mlp_block(i, h, H));
+    return layer_norm_block(i, x, ctx, H, lw_[i].ln1, ex_[i].ln1_b, lw_[i].ln2, ex_[i].ln2_b);
   }
 
   QKV qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H) override {

@@ -56,16 +56,7 @@ class GPTNeoModel : public FamilyModel {
     embed_site_ = add_site(-1, "model.embed_tokens");
     pos_site_ = add_site(-1, "model.embed_positions");
     ls_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/false);
-      l.resid_mid = add_site(i, "resid_mid");
-      l.post_norm = add_site(i, "post_attention_layernorm");
-      add_mlp_sites(i, l, Mlp::Plain);
-      l.out = add_site(i, "");
-    }
+    for (int i = 0; i < config_.n_layers; ++i) add_block_sites(i, {});
     norm_site_ = add_site(-1, "model.norm");
     head_site_ = add_site(-1, "lm_head");
     sites_.add_alias("transformer.wte", embed_site_);
@@ -130,13 +121,7 @@ class GPTNeoModel : public FamilyModel {
   }
 
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
-    const LayerSites& s = ls_[i];
-    const LayerWeights& w = lw_[i];
-    x = H(s.resid_pre, x);
-    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, ln_b_[i].first, config_.norm_eps));
-    x = H(s.resid_mid, x + attention_block(i, h, ctx, H));
-    h = H(s.post_norm, blocks::layer_norm(x, w.ln2, ln_b_[i].second, config_.norm_eps));
-    return H(s.out, x + mlp_block(i, h, H));
+    return layer_norm_block(i, x, ctx, H, lw_[i].ln1, ln_b_[i].first, lw_[i].ln2, ln_b_[i].second);
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {

@@ -96,16 +96,7 @@ class OPTModel : public FamilyModel {
     if (proj_dim_ != config_.d_model) project_in_site_ = add_site(-1, "model.project_in");
     pos_site_ = add_site(-1, "model.embed_positions");
     ls_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      if (pre_norm_) l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/false);
-      l.resid_mid = add_site(i, "resid_mid");
-      if (pre_norm_) l.post_norm = add_site(i, "post_attention_layernorm");
-      add_mlp_sites(i, l, Mlp::Plain);
-      l.out = add_site(i, "");
-    }
+    for (int i = 0; i < config_.n_layers; ++i) add_block_sites(i, {.input_norm = pre_norm_, .post_norm = pre_norm_});
     norm_site_ = add_site(-1, "model.norm");
     head_site_ = add_site(-1, "lm_head");
     const std::string native = prefix_ == "decoder." ? "decoder." : "model.decoder.";
@@ -176,13 +167,8 @@ class OPTModel : public FamilyModel {
     const LayerSites& s = ls_[i];
     const LayerWeights& w = lw_[i];
     const double eps = config_.norm_eps;
+    if (pre_norm_) return layer_norm_block(i, x, ctx, H, w.ln1, ln_b_[i].first, w.ln2, ln_b_[i].second);
     x = H(s.resid_pre, x);
-    if (pre_norm_) {
-      at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, ln_b_[i].first, eps));
-      x = H(s.resid_mid, x + attention_block(i, h, ctx, H));
-      h = H(s.post_norm, blocks::layer_norm(x, w.ln2, ln_b_[i].second, eps));
-      return H(s.out, x + mlp_block(i, h, H));
-    }
     x = H(s.resid_mid, blocks::layer_norm(x + attention_block(i, x, ctx, H), w.ln1, ln_b_[i].first, eps));
     return H(s.out, blocks::layer_norm(x + mlp_block(i, x, H), w.ln2, ln_b_[i].second, eps));
   }

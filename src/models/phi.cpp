@@ -73,14 +73,7 @@ class PhiModel : public FamilyModel {
   void build_sites() override {
     embed_site_ = add_site(-1, "model.embed_tokens");
     ls_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/false);
-      add_mlp_sites(i, l, Mlp::Plain);
-      l.out = add_site(i, "");
-    }
+    for (int i = 0; i < config_.n_layers; ++i) add_block_sites(i, {.resid_mid = false, .post_norm = false});  // parallel
     norm_site_ = add_site(-1, "model.norm");
     head_site_ = add_site(-1, "lm_head");
     // Native module paths, also in the short ("layers.0.mlp.fc1") and mlxterp ("model.model...") forms.

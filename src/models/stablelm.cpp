@@ -46,18 +46,8 @@ class StableLmModel : public FamilyModel {
   void build_sites() override {
     embed_site_ = add_site(-1, "model.embed_tokens");
     ls_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/false);
-      if (!parallel_) {
-        l.resid_mid = add_site(i, "resid_mid");
-        l.post_norm = add_site(i, "post_attention_layernorm");
-      }
-      add_mlp_sites(i, l, Mlp::Gated);
-      l.out = add_site(i, "");
-    }
+    for (int i = 0; i < config_.n_layers; ++i)
+      add_block_sites(i, {.resid_mid = !parallel_, .post_norm = !parallel_, .mlp = Mlp::Gated});
     norm_site_ = add_site(-1, "model.norm");
     head_site_ = add_site(-1, "lm_head");
     for (const char* prefix : {"model.layers.", "layers.", "model.model.layers."})

@@ -4,6 +4,8 @@
 
 #include <pcre2.h>
 
+#include <vector>
+
 #include "mlxterp/error.hpp"
 #include "tokenizer/text.hpp"
 
@@ -87,10 +89,13 @@ std::string oniguruma_to_pcre2(const std::string& pattern, const std::string& wh
   static const char* kWordProps = R"(\p{L}\p{M}\p{Nd}\p{Pc})";
   std::string out;
   out.reserve(pattern.size() + 16);
-  bool in_class = false;
-  int class_start = -1;  // position right after '[' or '[^': a ']' there is a literal
+  // Open character classes: where each one's body starts (a ']' there is a literal). Depth 1 is the class
+  // PCRE2 sees; Oniguruma's nested classes inside it ([a[bc]] = [abc], BLOOM's " ?[^(\s|[.,!?])]+") are
+  // flattened into it: a union, which is what a non-negated nested class means.
+  std::vector<size_t> open;
   for (size_t i = 0; i < pattern.size(); ++i) {
     const char c = pattern[i];
+    const bool in_class = !open.empty();
     if (c == '\\' && i + 1 < pattern.size()) {
       const char n = pattern[i + 1];
       if (n == 'Q') {  // quoted up to \E (or the end): copied as is
@@ -114,14 +119,7 @@ std::string oniguruma_to_pcre2(const std::string& pattern, const std::string& wh
       ++i;
       continue;
     }
-    if (!in_class && c == '[') {
-      in_class = true;
-      out += c;
-      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
-      class_start = int(i) + 1;
-      continue;
-    }
-    if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {  // POSIX [:alpha:]
+    if (c == '[' && in_class && i + 1 < pattern.size() && pattern[i + 1] == ':') {  // POSIX [:alpha:]
       const size_t e = pattern.find(":]", i + 2);
       if (e != std::string::npos) {
         out.append(pattern, i, e + 2 - i);
@@ -129,7 +127,31 @@ std::string oniguruma_to_pcre2(const std::string& pattern, const std::string& wh
         continue;
       }
     }
-    if (in_class && c == ']' && int(i) != class_start) in_class = false;
+    if (c == '[') {
+      const bool negated = i + 1 < pattern.size() && pattern[i + 1] == '^';
+      if (!in_class) {
+        out += c;
+        if (negated) out += pattern[++i];
+      } else {
+        MLXTERP_CHECK(!negated, where, ": the regex ", pattern, " nests a negated class [^...] inside a class; "
+                      "expected only non-negated nested classes (they are flattened into the outer one; a "
+                      "negated one has no PCRE2 form and is refused rather than matched differently)");
+      }
+      open.push_back(i + 1);
+      continue;
+    }
+    if (c == ']' && in_class) {
+      if (open.back() == i) {  // first in its class: a literal ']'
+        out += "\\]";
+        continue;
+      }
+      open.pop_back();
+      if (open.empty()) out += c;  // only the outermost class closes in the output
+      continue;
+    }
+    if (c == '&' && in_class && i + 1 < pattern.size() && pattern[i + 1] == '&')
+      MLXTERP_FAIL(where, ": the regex ", pattern, " uses class intersection (&&), which PCRE2 does not have "
+                   "(refused rather than matched differently); expected a class without &&");
     out += c;
   }
   return out;

@@ -24,9 +24,11 @@ inline constexpr const char* kQwen2Pattern =
 // An Oniguruma pattern (tokenizer.json's Split / Replace "Regex") in PCRE2 terms. The two agree on the
 // syntax these files use, but not on \w: Oniguruma's is letters, marks, decimal digits and connector
 // punctuation, PCRE2's (10.42, UCP) letters, all numbers and '_'. So \w becomes [\p{L}\p{M}\p{Nd}\p{Pc}]
-// (inside a class, its four properties), \W outside a class its complement. Everything else is copied,
-// including escaped backslashes and \Q...\E quotes. A \W inside a class has no such expansion; it is
-// refused with a clear error rather than matched differently.
+// (inside a class, its four properties), \W outside a class its complement; and Oniguruma's nested classes
+// ([a[bc]], which BLOOM's pre-tokenizer uses) are flattened into their outer class (PCRE2 reads '[' inside a
+// class as a literal). Everything else is copied, including escaped backslashes and \Q...\E quotes. What has
+// no PCRE2 form (\W inside a class, a negated nested class, class intersection &&) is refused with a clear
+// error rather than matched differently.
 std::string oniguruma_to_pcre2(const std::string& pattern, const std::string& where);
 
 class Regex {

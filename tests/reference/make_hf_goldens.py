@@ -167,6 +167,13 @@ def variants():
                                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
     # OLMo (1): LayerNorms without parameters, q/k/v clipped to +-clip_qkv.
     v["olmo"] = ("OlmoConfig", base(clip_qkv=1.0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    # MPT: ALiBi with alibi_bias_max (6 heads: the non-power-of-two slopes), bias-free LayerNorms and
+    # projections, fused Wqkv, clip_qkv, GELU MLP with the residual added inside the module, tied head.
+    v["mpt"] = ("MptConfig", dict(vocab_size=VOCAB, d_model=48, n_heads=6, n_layers=2, expansion_ratio=4,
+                                  max_seq_len=64, no_bias=True, layer_norm_epsilon=1e-5,
+                                  attn_config={"alibi": True, "alibi_bias_max": 8, "clip_qkv": 1.0,
+                                               "softmax_scale": None, "qk_ln": False},
+                                  bos_token_id=1, eos_token_id=2))
     return v
 
 
@@ -238,7 +245,7 @@ def randomize(model, gen):
 
 
 def find_layers(model):
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks"):
         obj = model
         ok = True
         for part in path.split("."):
@@ -264,7 +271,8 @@ def capture(model, ids, mask=None):
         def fn(m, inp, out):
             o = first(out)
             # BLOOM's attention and MLP modules add the residual (their second argument) themselves.
-            if "Bloom" in type(m).__name__ and key.split(".")[0] in ("attn", "mlp") and len(inp) > 1:
+            if ("Bloom" in type(m).__name__ or "MptMLP" in type(m).__name__) and key.split(".")[0] in ("attn", "mlp") \
+                    and len(inp) > 1:
                 o = o - inp[1]
             store[key] = o.detach().float().clone()
         return fn
@@ -274,7 +282,8 @@ def capture(model, ids, mask=None):
         attn = next((getattr(layer, a) for a in ("self_attn", "attn", "attention", "self_attention")
                      if hasattr(layer, a)), None)
         # OPT's layer has no MLP module: fc2's output is the MLP block's output.
-        mlp = next((getattr(layer, a) for a in ("mlp", "block_sparse_moe", "feed_forward", "fc2") if hasattr(layer, a)),
+        mlp = next((getattr(layer, a) for a in ("mlp", "block_sparse_moe", "feed_forward", "fc2", "ffn")
+                    if hasattr(layer, a)),
                    None)
         if attn is not None:
             handles.append(attn.register_forward_hook(hook(f"attn.{i}")))
@@ -284,7 +293,7 @@ def capture(model, ids, mask=None):
             if isinstance(gate, torch.nn.Module) and getattr(mlp, "experts", None) is not None:
                 handles.append(gate.register_forward_hook(hook(f"router_logits.{i}")))
     for norm_path in ("model.norm", "model.final_layernorm", "transformer.ln_f", "gpt_neox.final_layer_norm",
-                      "model.decoder.final_layer_norm"):
+                      "model.decoder.final_layer_norm", "transformer.norm_f"):
         obj = model
         try:
             for part in norm_path.split("."):

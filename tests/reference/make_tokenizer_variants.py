@@ -255,6 +255,13 @@ EDITS = {
                               {"type": "NFKC"}, {"type": "Lowercase"}, {"type": "Prepend", "prepend": "\u2581"},
                               {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}}),
     # An Oniguruma Split pattern with \w (marks are word characters there) inside and outside a class.
+    # BLOOM's pre-tokenizer: an Oniguruma class nested in a negated class (a union), then byte-level.
+    "gpt2-split-bloom": ("tokenizers/gpt2/tokenizer.json",
+                         {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                             {"type": "Split", "pattern": {"Regex": " ?[^(\\s|[.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c])]+"},
+                              "behavior": "Isolated", "invert": False},
+                             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                              "use_regex": False}]}}),
     "gpt2-split-word": ("tokenizers/gpt2/tokenizer.json",
                         {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
                             {"type": "Split", "pattern": {"Regex": r"[\w']+|\s+|\W"}, "behavior": "Isolated",

@@ -81,7 +81,7 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
   M[p + "attention.value_length"] = u32(mc.d_head);
   const bool ln = arch == "gpt2" || arch == "gptneox" || arch == "phi2" || arch == "stablelm" ||
                   arch == "starcoder2" || arch == "gptj" || arch == "bloom" || arch == "starcoder" || arch == "falcon" ||
-                  arch == "command-r" || arch == "olmo";
+                  arch == "command-r" || arch == "olmo" || arch == "mpt";
   M[p + (ln ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon")] = f32(mc.norm_eps);
   M[p + "rope.freq_base"] = f32(mc.rope_for_layer(mc.n_layers - 1).theta);
   M["tokenizer.ggml.bos_token_id"] = u32(1);
@@ -151,6 +151,23 @@ Converted convert(const hf::Golden& g, const std::string& arch, bool write_atten
         T[b + "attn_qkv.bias"] =
             at::cat({bias.select(1, 0).reshape({-1}), bias.select(1, 1).reshape({-1}), bias.select(1, 2).reshape({-1})});
       }
+    }
+    return out;
+  }
+  if (arch == "mpt") {
+    // MPTModel: no key/value length or rope base; alibi_bias_max and clip_qkv as attention keys; norm_f.
+    for (const char* k : {"attention.key_length", "attention.value_length", "rope.freq_base"}) M.erase(p + k);
+    const json& attn = c.at("attn_config");
+    M[p + "attention.max_alibi_bias"] = f32(attn.value("alibi_bias_max", 8.0));
+    if (attn.contains("clip_qkv") && !attn["clip_qkv"].is_null()) M[p + "attention.clamp_kqv"] = f32(attn["clip_qkv"].get<double>());
+    put("token_embd.weight", "transformer.wte.weight");
+    put("output_norm.weight", "transformer.norm_f.weight");
+    for (int i = 0; i < mc.n_layers; ++i) {
+      const std::string b = "blk." + std::to_string(i) + ".", h = "transformer.blocks." + std::to_string(i) + ".";
+      const std::pair<const char*, const char*> m[] = {{"attn_norm", "norm_1"}, {"attn_qkv", "attn.Wqkv"},
+                                                       {"attn_output", "attn.out_proj"}, {"ffn_norm", "norm_2"},
+                                                       {"ffn_up", "ffn.up_proj"}, {"ffn_down", "ffn.down_proj"}};
+      for (auto [gg, hh] : m) put(b + gg + ".weight", h + hh + ".weight");
     }
     return out;
   }
@@ -414,7 +431,7 @@ INSTANTIATE_TEST_SUITE_P(Golden, GGUFArch,
                                            Case{"gptj", "gptj"}, Case{"bloom", "bloom"},
                                            Case{"gpt_bigcode", "starcoder"}, Case{"falcon", "falcon"},
                                            Case{"falcon_new", "falcon"}, Case{"granite", "granite"},
-                                           Case{"cohere", "command-r"}, Case{"olmo", "olmo"}),
+                                           Case{"cohere", "command-r"}, Case{"olmo", "olmo"}, Case{"mpt", "mpt"}),
                          [](const auto& info) { return std::string(info.param.golden); });
 
 // Older phi2 GGUFs hold one fused blk.N.attn_qkv = [q; k; v] rows (weight and bias).

@@ -126,7 +126,7 @@ INSTANTIATE_TEST_SUITE_P(Reference, TokenizerVariant,
                                            "llama3-nfc", "llama2-nfkc-lower", "wordpiece-bert", "wordpiece-cased",
                                            "unigram", "unigram-bytes", "unigram-precompiled", "unigram-albert", "bpe-clip",
                                            "bpe-clip-bpedecoder", "bpe-prefix", "wordlevel", "wordlevel-wsplit",
-                                           "gpt2-split-word"),
+                                           "gpt2-split-word", "gpt2-split-bloom"),
                          param_name);
 
 // Every GGUF tokenizer.ggml.pre name we map to split regexes, on the shared gpt-2 vocabulary with the name

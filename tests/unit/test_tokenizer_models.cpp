@@ -219,5 +219,26 @@ TEST(TokenizerModels, WordCharactersIncludeMarksAsInHf) {
   EXPECT_NE(err.find("\\W inside a character class"), std::string::npos) << err;
 }
 
+// Oniguruma nests classes ([a[bc]] is [abc]); BLOOM's Split pattern relies on it. PCRE2 reads such a '[' as a
+// literal, so the class is flattened before compiling; what cannot be flattened is refused.
+TEST(TokenizerModels, NestedCharacterClassesAsInOniguruma) {
+  TempDir tmp;
+  json vocab = {{"[UNK]", 0}, {"hello", 1}, {",", 2}, {" world", 3}, {"!", 4}, {" (a|b)", 5}};
+  json j = {{"model", {{"type", "WordLevel"}, {"vocab", vocab}, {"unk_token", "[UNK]"}}},
+            {"pre_tokenizer", {{"type", "Split"},
+                               {"pattern", {{"Regex", " ?[^(\\s|[.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c])]+"}}},
+                               {"behavior", "Isolated"},
+                               {"invert", false}}}};
+  auto tok = load_json(tmp, j);
+  // '(' '|' ')' are in the class too (literals), so " (a|b)" is not one piece.
+  EXPECT_EQ(tok->encode("hello, world!"), (std::vector<int32_t>{1, 2, 3, 4}));
+  EXPECT_EQ(tok->encode(" (a|b)"), (std::vector<int32_t>{0, 0, 0, 0, 0}));  // " (", a, |, b, )
+  for (const char* bad : {"[a[^b]]", "[a-z&&[^aeiou]]"}) {
+    j["pre_tokenizer"]["pattern"] = {{"Regex", bad}};
+    const std::string err = error_of([&] { load_json(tmp, j); });
+    EXPECT_NE(err.find("refused"), std::string::npos) << bad << ": " << err;
+  }
+}
+
 }  // namespace
 
