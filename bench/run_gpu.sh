@@ -6,6 +6,7 @@
 #   env.log build.log tests.log bench_sae.log bench_sae.json bench_pipeline.log bench_pipeline.json summary.txt
 #
 #   bash bench/run_gpu.sh                 # from anywhere; OUT defaults to <repo>/gpu-out
+#   GPU_SKIP_BENCH=1 bash bench/run_gpu.sh   # build and tests only
 #
 # PCRE2 and utf8proc are not installed there: Debian's libpcre2 / libutf8proc packages unpacked under
 # .gpu-deps/ (e.g. .gpu-deps/root/usr, carried with the run) are found by their headers and real .so files,
@@ -139,7 +140,12 @@ else
 fi
 
 # ---- benchmarks (each runs its PyTorch peer on the same GPU in the same invocation) ------------------------------
-if [[ -n "$BIN_SAE" ]]; then
+# GPU_SKIP_BENCH=1: tests only (a correctness run; saves ~100 s of device time).
+SKIP_BENCH=${GPU_SKIP_BENCH:-0}
+if [[ $SKIP_BENCH == 1 ]]; then
+  STATUS[bench_sae]="skipped (GPU_SKIP_BENCH)"
+  STATUS[bench_pipeline]="skipped (GPU_SKIP_BENCH)"
+elif [[ -n "$BIN_SAE" ]]; then
   stage bench_sae 170 "$OUT/bench_sae.log" "$BIN_SAE" --device cuda --json "$OUT/bench_sae.json"
 else
   # No build: at least the PyTorch numbers.
@@ -148,7 +154,9 @@ else
   stage sae_peer_only_small 60 "$OUT/bench_sae.log" "$PYTHON" bench/reference/sae_peer.py --device cuda \
     --d 2048 --f 65536 --k 64
 fi
-if [[ -n "$BIN_PIPE" ]]; then
+if [[ $SKIP_BENCH == 1 ]]; then
+  :
+elif [[ -n "$BIN_PIPE" ]]; then
   stage bench_pipeline 200 "$OUT/bench_pipeline.log" "$BIN_PIPE" --device cuda --json "$OUT/bench_pipeline.json"
 else
   STATUS[bench_pipeline]="not built; peer only"
