@@ -117,6 +117,17 @@ LlamaModel::QKV FamilyModel::split_qkv(int i, const at::Tensor& qkv, const Conte
   return {q.reshape({b, t, nh, dh}), k.reshape({b, t, nk, dh}), v.reshape({b, t, nk, dh})};
 }
 
+at::Tensor FamilyModel::fused_gated_mlp(int i, const at::Tensor& h, const at::Tensor& gate_up_w, const at::Tensor& down_w,
+                                        Hooks& H) const {
+  const LayerSites& s = ls_[i];
+  const int64_t f = config_.d_mlp;
+  at::Tensor gu = H(s.gate_up, blocks::linear(h, gate_up_w));  // [b, t, 2 f]
+  at::Tensor g = H(s.gate, gu.narrow(-1, 0, f));
+  at::Tensor u = H(s.up, gu.narrow(-1, f, f));
+  at::Tensor hid = H(s.hidden, u * blocks::activation(config_.hidden_act, g));
+  return H(s.mlp, H(s.down, blocks::linear(hid, down_w)));
+}
+
 at::Tensor FamilyModel::learned_positions(const Context& ctx, Hooks& H, const at::Tensor& wpe, int site,
                                           int64_t offset, const char* family) const {
   if (ctx.positions.numel()) {

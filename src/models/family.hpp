@@ -66,6 +66,10 @@ class FamilyModel : public LlamaModel {
   // Stacked: [all q | all k | all v] (GPT-2, GPTBigCode multi-query).
   enum class QkvLayout { PerHead, Stacked };
   QKV split_qkv(int i, const at::Tensor& qkv, const Context& ctx, Hooks& H, QkvLayout layout) const;
+  // A fused gated MLP (Phi-3, GLM): gate_up [2 f, d] -> mlp.gate_up_proj, split into mlp.gate_proj / mlp.up_proj,
+  // up * act(gate) -> mlp.hidden, down -> mlp.down_proj, mlp. [b, t, d] -> [b, t, d]
+  at::Tensor fused_gated_mlp(int i, const at::Tensor& h, const at::Tensor& gate_up_w, const at::Tensor& down_w,
+                             Hooks& H) const;
   // Learned absolute positions: rows ctx.positions + offset of wpe [n_rows, d] through `site` ([b, t, d]);
   // a position past the table is an error naming the family (OPT's table has offset = 2 extra rows).
   at::Tensor learned_positions(const Context& ctx, Hooks& H, const at::Tensor& wpe, int site, int64_t offset,

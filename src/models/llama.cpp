@@ -224,7 +224,7 @@ at::Tensor LlamaModel::attend(int i, QKV p, Context& ctx, Hooks& H) {
   at::Tensor q = p.q.transpose(1, 2);  // [b, n_heads, t, d_head]
   at::Tensor k = p.k.transpose(1, 2);  // [b, n_kv, t, d_head]
   at::Tensor v = p.v.transpose(1, 2);
-  if (!ropes_.empty()) {
+  if (!ropes_.empty() && !(size_t(i) < no_rope_.size() && no_rope_[size_t(i)])) {
     const std::string& kind = c.layer_types[i];
     auto cs = ctx.cos_sin.find(kind);
     if (cs == ctx.cos_sin.end()) cs = ctx.cos_sin.emplace(kind, blocks::rope_cos_sin(ropes_[i], ctx.positions)).first;

@@ -80,6 +80,7 @@ class LlamaModel : public Model {
   std::vector<LayerSites> ls_;
   std::vector<LayerWeights> lw_;
   std::vector<blocks::Rope> ropes_;  // per layer (empty: no rotary embedding)
+  std::vector<char> no_rope_;         // per layer: 1 = this layer skips the rotary embedding (SmolLM3's NoPE layers)
   bool qk_norm_full_width_ = false;   // OLMo2/OLMoE: q/k norm over the whole projection, before the head split
   at::Tensor embed_w_, norm_w_, head_w_;
   int embed_site_ = -1, norm_site_ = -1, head_site_ = -1;

@@ -17,16 +17,7 @@ class Phi3Model : public FamilyModel {
   void build_sites() override {
     embed_site_ = add_site(-1, "model.embed_tokens");
     ls_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/true);
-      l.resid_mid = add_site(i, "resid_mid");
-      l.post_norm = add_site(i, "post_attention_layernorm");
-      add_mlp_sites(i, l, Mlp::FusedGated);
-      l.out = add_site(i, "");
-    }
+    for (int i = 0; i < config_.n_layers; ++i) add_block_sites(i, {.fused_qkv = true, .mlp = Mlp::FusedGated});
     norm_site_ = add_site(-1, "model.norm");
     head_site_ = add_site(-1, "lm_head");
     sites_.add_standard_aliases(int(config_.n_layers));
@@ -67,13 +58,7 @@ class Phi3Model : public FamilyModel {
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
-    const LayerSites& s = ls_[i];
-    const LayerWeights& w = lw_[i];
-    at::Tensor gu = H(s.gate_up, blocks::linear(h, gate_up_w_[i]));  // [b, t, 2 d_mlp]
-    at::Tensor g = H(s.gate, gu.narrow(-1, 0, config_.d_mlp));
-    at::Tensor u = H(s.up, gu.narrow(-1, config_.d_mlp, config_.d_mlp));
-    at::Tensor hid = H(s.hidden, u * blocks::activation(config_.hidden_act, g));
-    return H(s.mlp, H(s.down, blocks::linear(hid, w.down)));
+    return fused_gated_mlp(i, h, gate_up_w_[i], lw_[i].down, H);
   }
 
  private:

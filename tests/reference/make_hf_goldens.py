@@ -174,6 +174,17 @@ def variants():
                                   attn_config={"alibi": True, "alibi_bias_max": 8, "clip_qkv": 1.0,
                                                "softmax_scale": None, "qk_ln": False},
                                   bos_token_id=1, eos_token_id=2))
+    # SmolLM3: Llama with rotary embedding switched off in some layers (no_rope_layers: 1 = rotary, 0 = none).
+    v["smollm3"] = ("SmolLM3Config", base(num_hidden_layers=3, no_rope_layers=[1, 0, 1], use_sliding_window=False,
+                                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    # GLM-4 (THUDM/glm-4-9b-hf, model_type glm): q/k/v bias, fused gate_up, half of each head rotated in the
+    # interleaved convention; glm4 (GLM-4-0414) adds post-attention / post-MLP norms.
+    v["glm"] = ("GlmConfig", base(head_dim=8, attention_bias=True, partial_rotary_factor=0.5, hidden_act="silu",
+                                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                   "partial_rotary_factor": 0.5}))
+    v["glm4"] = ("Glm4Config", base(head_dim=8, attention_bias=True, partial_rotary_factor=0.5, hidden_act="silu",
+                                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                     "partial_rotary_factor": 0.5}))
     return v
 
 
