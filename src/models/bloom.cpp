@@ -86,7 +86,7 @@ class BloomModel : public FamilyModel {
 
  protected:
   struct Extra {
-    at::Tensor ln1_b, ln2_b, qkv_w, qkv_b;
+    at::Tensor qkv_w, qkv_b;
   };
 
   void build_sites() override {
@@ -122,9 +122,9 @@ class BloomModel : public FamilyModel {
       LayerWeights& l = lw_[i];
       Extra& e = ex_[i];
       l.ln1 = opt_weight(p + "input_layernorm.weight");
-      e.ln1_b = opt_weight(p + "input_layernorm.bias");
+      l.ln1_b = opt_weight(p + "input_layernorm.bias");
       l.ln2 = opt_weight(p + "post_attention_layernorm.weight");
-      e.ln2_b = opt_weight(p + "post_attention_layernorm.bias");
+      l.ln2_b = opt_weight(p + "post_attention_layernorm.bias");
       e.qkv_w = opt_weight(p + "self_attention.query_key_value.weight");
       e.qkv_b = opt_weight(p + "self_attention.query_key_value.bias");
       l.o = opt_weight(p + "self_attention.dense.weight");
@@ -162,12 +162,11 @@ class BloomModel : public FamilyModel {
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
     const LayerSites& s = ls_[i];
     const LayerWeights& w = lw_[i];
-    const Extra& e = ex_[i];
     const double eps = config_.norm_eps;
     x = H(s.resid_pre, x);
-    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, e.ln1_b, eps));
+    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, w.ln1_b, eps));
     at::Tensor a = H(s.resid_mid, attention_block(i, h, ctx, H) + (post_ln_residual_ ? h : x));
-    at::Tensor h2 = H(s.post_norm, blocks::layer_norm(a, w.ln2, e.ln2_b, eps));
+    at::Tensor h2 = H(s.post_norm, blocks::layer_norm(a, w.ln2, w.ln2_b, eps));
     return H(s.out, mlp_block(i, h2, H) + (post_ln_residual_ ? h2 : a));
   }
 

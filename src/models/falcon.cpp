@@ -67,7 +67,7 @@ class FalconModel : public FamilyModel {
 
  protected:
   struct Extra {
-    at::Tensor ln_a_b, ln_m_w, ln_m_b, qkv_w, qkv_b;
+    at::Tensor qkv_w, qkv_b;
   };
 
   void build_sites() override {
@@ -115,10 +115,10 @@ class FalconModel : public FamilyModel {
       Extra& e = ex_[i];
       const std::string ln_a = two_ln_ ? "ln_attn" : "input_layernorm";
       l.ln1 = opt_weight(p + ln_a + ".weight");
-      e.ln_a_b = opt_weight(p + ln_a + ".bias");
+      l.ln1_b = opt_weight(p + ln_a + ".bias");
       const std::string ln_m = two_ln_ ? "ln_mlp" : "post_attention_layernorm";
-      e.ln_m_w = opt_weight(p + ln_m + ".weight");
-      e.ln_m_b = opt_weight(p + ln_m + ".bias");
+      l.ln2 = opt_weight(p + ln_m + ".weight");
+      l.ln2_b = opt_weight(p + ln_m + ".bias");
       e.qkv_w = opt_weight(p + "self_attention.query_key_value.weight");
       e.qkv_b = opt_weight(p + "self_attention.query_key_value.bias");
       l.o = opt_weight(p + "self_attention.dense.weight");
@@ -139,16 +139,15 @@ class FalconModel : public FamilyModel {
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
     const LayerSites& s = ls_[i];
     const LayerWeights& w = lw_[i];
-    const Extra& e = ex_[i];
     const double eps = config_.norm_eps;
     x = H(s.resid_pre, x);
-    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, e.ln_a_b, eps));
+    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, w.ln1_b, eps));
     if (!parallel_) {
       x = H(s.resid_mid, attention_block(i, h, ctx, H) + x);
-      at::Tensor h2 = H(s.post_norm, blocks::layer_norm(x, e.ln_m_w, e.ln_m_b, eps));
+      at::Tensor h2 = H(s.post_norm, blocks::layer_norm(x, w.ln2, w.ln2_b, eps));
       return H(s.out, mlp_block(i, h2, H) + x);
     }
-    at::Tensor hm = two_ln_ ? H(s.post_norm, blocks::layer_norm(x, e.ln_m_w, e.ln_m_b, eps)) : h;  // HF: both first
+    at::Tensor hm = two_ln_ ? H(s.post_norm, blocks::layer_norm(x, w.ln2, w.ln2_b, eps)) : h;  // HF: both first
     at::Tensor a = attention_block(i, h, ctx, H);
     return H(s.out, (mlp_block(i, hm, H) + a) + x);  // HF: mlp_output += attention_output; + residual
   }

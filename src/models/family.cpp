@@ -59,14 +59,14 @@ const std::vector<std::pair<std::string, std::string>>& FamilyModel::gpt2_block_
   return paths;
 }
 
-at::Tensor FamilyModel::layer_norm_block(int i, at::Tensor x, Context& ctx, Hooks& H, const at::Tensor& w1,
-                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+at::Tensor FamilyModel::layer_norm_block(int i, at::Tensor x, Context& ctx, Hooks& H) {
   const LayerSites& s = ls_[i];
+  const LayerWeights& w = lw_[i];
   const double eps = config_.norm_eps;
   x = H(s.resid_pre, x);
-  at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w1, b1, eps));
+  at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, w.ln1_b, eps));
   x = H(s.resid_mid, x + attention_block(i, h, ctx, H));
-  h = H(s.post_norm, blocks::layer_norm(x, w2, b2, eps));
+  h = H(s.post_norm, blocks::layer_norm(x, w.ln2, w.ln2_b, eps));
   return H(s.out, x + mlp_block(i, h, H));
 }
 

@@ -46,10 +46,10 @@ class FamilyModel : public LlamaModel {
   // GPT-2's native block paths (ln_1, attn, attn.c_attn, attn.c_proj, ln_2, mlp, mlp.c_fc, mlp.act, mlp.c_proj)
   // as (native suffix, canonical component) pairs for alias_blocks; GPTBigCode shares them.
   static const std::vector<std::pair<std::string, std::string>>& gpt2_block_paths();
-  // The pre-LayerNorm sequential block of GPT-2 and its kin, through the sites add_block_sites made:
-  //   x + attn(LayerNorm(x; w1, b1)), then + mlp(LayerNorm(.; w2, b2)). [b, t, d] -> [b, t, d]
-  at::Tensor layer_norm_block(int i, at::Tensor x, Context& ctx, Hooks& H, const at::Tensor& w1, const at::Tensor& b1,
-                              const at::Tensor& w2, const at::Tensor& b2);
+  // The pre-LayerNorm sequential block of GPT-2 and its kin, through the sites add_block_sites made, with
+  // block i's norms (lw_[i].ln1 / ln1_b, ln2 / ln2_b): x + attn(LayerNorm1(x)), then + mlp(LayerNorm2(.)).
+  // [b, t, d] -> [b, t, d]
+  at::Tensor layer_norm_block(int i, at::Tensor x, Context& ctx, Hooks& H);
   // For each block i and each (native suffix, canonical component) pair, aliases
   // "<prefix><i>[.<native>]" to the canonical "model.layers.<i>[.<component>]" where that site exists.
   void alias_blocks(const std::string& prefix, const std::vector<std::pair<std::string, std::string>>& map);

@@ -64,7 +64,7 @@ class GPT2Model : public FamilyModel {
 
  protected:
   struct Extra {
-    at::Tensor ln1_b, ln2_b, c_attn_t, c_attn_b, c_fc_t, c_fc_b, c_proj_t, c_proj_b;
+    at::Tensor c_attn_t, c_attn_b, c_fc_t, c_fc_b, c_proj_t, c_proj_b;
   };
 
   void build_sites() override {
@@ -92,9 +92,9 @@ class GPT2Model : public FamilyModel {
       LayerWeights& l = lw_[i];
       Extra& e = ex_[i];
       l.ln1 = opt_weight(p + "ln_1.weight");
-      e.ln1_b = opt_weight(p + "ln_1.bias");
+      l.ln1_b = opt_weight(p + "ln_1.bias");
       l.ln2 = opt_weight(p + "ln_2.weight");
-      e.ln2_b = opt_weight(p + "ln_2.bias");
+      l.ln2_b = opt_weight(p + "ln_2.bias");
       auto t = [&](const std::string& n) {
         at::Tensor x = opt_weight(p + n);
         return x.defined() ? x.t() : x;  // Conv1D [in, out] -> Linear layout [out, in] (a view)
@@ -129,7 +129,7 @@ class GPT2Model : public FamilyModel {
   }
 
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
-    return layer_norm_block(i, x, ctx, H, lw_[i].ln1, ex_[i].ln1_b, lw_[i].ln2, ex_[i].ln2_b);
+    return layer_norm_block(i, x, ctx, H);
   }
 
   QKV qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H) override {

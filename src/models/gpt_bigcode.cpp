@@ -55,7 +55,7 @@ class GPTBigCodeModel : public FamilyModel {
 
  protected:
   struct Extra {
-    at::Tensor ln1_b, ln2_b, qkv_w, qkv_b;
+    at::Tensor qkv_w, qkv_b;
   };
 
   void build_sites() override {
@@ -82,9 +82,9 @@ class GPTBigCodeModel : public FamilyModel {
       LayerWeights& l = lw_[i];
       Extra& e = ex_[i];
       l.ln1 = opt_weight(p + "ln_1.weight");
-      e.ln1_b = opt_weight(p + "ln_1.bias");
+      l.ln1_b = opt_weight(p + "ln_1.bias");
       l.ln2 = opt_weight(p + "ln_2.weight");
-      e.ln2_b = opt_weight(p + "ln_2.bias");
+      l.ln2_b = opt_weight(p + "ln_2.bias");
       e.qkv_w = opt_weight(p + "attn.c_attn.weight");
       e.qkv_b = opt_weight(p + "attn.c_attn.bias");
       l.o = opt_weight(p + "attn.c_proj.weight");
@@ -115,7 +115,7 @@ class GPTBigCodeModel : public FamilyModel {
   }
 
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
-    return layer_norm_block(i, x, ctx, H, lw_[i].ln1, ex_[i].ln1_b, lw_[i].ln2, ex_[i].ln2_b);
+    return layer_norm_block(i, x, ctx, H);
   }
 
   QKV qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H) override {

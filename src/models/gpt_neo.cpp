@@ -82,13 +82,13 @@ class GPTNeoModel : public FamilyModel {
 
   void bind() override {
     lw_.assign(config_.n_layers, {});
-    ln_b_.assign(config_.n_layers, {});
     for (int i = 0; i < config_.n_layers; ++i) {
       const std::string p = "transformer.h." + std::to_string(i) + ".";
       LayerWeights& l = lw_[i];
       l.ln1 = opt_weight(p + "ln_1.weight");
       l.ln2 = opt_weight(p + "ln_2.weight");
-      ln_b_[i] = {opt_weight(p + "ln_1.bias"), opt_weight(p + "ln_2.bias")};
+      l.ln1_b = opt_weight(p + "ln_1.bias");
+      l.ln2_b = opt_weight(p + "ln_2.bias");
       l.q = opt_weight(p + "attn.attention.q_proj.weight");
       l.k = opt_weight(p + "attn.attention.k_proj.weight");
       l.v = opt_weight(p + "attn.attention.v_proj.weight");
@@ -121,7 +121,7 @@ class GPTNeoModel : public FamilyModel {
   }
 
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
-    return layer_norm_block(i, x, ctx, H, lw_[i].ln1, ln_b_[i].first, lw_[i].ln2, ln_b_[i].second);
+    return layer_norm_block(i, x, ctx, H);
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
@@ -132,7 +132,6 @@ class GPTNeoModel : public FamilyModel {
  private:
   int pos_site_ = -1;
   at::Tensor wpe_, norm_b_;
-  std::vector<std::pair<at::Tensor, at::Tensor>> ln_b_;  // ln_1, ln_2 biases
 };
 
 const bool registered = register_architecture("gpt_neo", [](const ModelConfig& c, TensorMap w) -> std::unique_ptr<Model> {

@@ -78,12 +78,11 @@ class GPTJModel : public FamilyModel {
 
   void bind() override {
     lw_.assign(config_.n_layers, {});
-    ln1_b_.assign(config_.n_layers, {});
     for (int i = 0; i < config_.n_layers; ++i) {
       const std::string p = "transformer.h." + std::to_string(i) + ".";
       LayerWeights& l = lw_[i];
       l.ln1 = opt_weight(p + "ln_1.weight");
-      ln1_b_[i] = opt_weight(p + "ln_1.bias");
+      l.ln1_b = opt_weight(p + "ln_1.bias");
       l.q = opt_weight(p + "attn.q_proj.weight");
       l.k = opt_weight(p + "attn.k_proj.weight");
       l.v = opt_weight(p + "attn.v_proj.weight");
@@ -105,7 +104,7 @@ class GPTJModel : public FamilyModel {
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
     const LayerSites& s = ls_[i];
     x = H(s.resid_pre, x);
-    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, lw_[i].ln1, ln1_b_[i], config_.norm_eps));
+    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, lw_[i].ln1, lw_[i].ln1_b, config_.norm_eps));
     at::Tensor a = attention_block(i, h, ctx, H);
     at::Tensor m = mlp_block(i, h, H);
     return H(s.out, a + m + x);  // HF's order of the sum
@@ -120,7 +119,6 @@ class GPTJModel : public FamilyModel {
 
  private:
   at::Tensor norm_b_, head_b_;
-  std::vector<at::Tensor> ln1_b_;
 };
 
 const bool registered = register_architecture("gptj", [](const ModelConfig& c, TensorMap w) -> std::unique_ptr<Model> {

@@ -63,6 +63,7 @@ void LlamaModel::bind() {
     const std::string p = layer_prefix(i) + ".";
     LayerWeights& l = lw_[i];
     l.ln1 = opt(weights_, p + "input_layernorm.weight");
+    l.ln1_b = opt(weights_, p + "input_layernorm.bias");  // LayerNorm families (StableLM, StarCoder2)
     l.q = opt(weights_, p + "self_attn.q_proj.weight");
     l.k = opt(weights_, p + "self_attn.k_proj.weight");
     l.v = opt(weights_, p + "self_attn.v_proj.weight");
@@ -74,6 +75,7 @@ void LlamaModel::bind() {
     l.qn = opt(weights_, p + "self_attn.q_norm.weight");
     l.kn = opt(weights_, p + "self_attn.k_norm.weight");
     l.ln2 = opt(weights_, p + "post_attention_layernorm.weight");
+    l.ln2_b = opt(weights_, p + "post_attention_layernorm.bias");
     l.gate = opt(weights_, p + "mlp.gate_proj.weight");
     l.up = opt(weights_, p + "mlp.up_proj.weight");
     l.down = opt(weights_, p + "mlp.down_proj.weight");
@@ -152,12 +154,12 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const ForwardArgs& args, H
   at::Tensor tok = ids.to(dev);
   H.set_pos_offset(ctx.past);
   H.reset_progress();
+  if (args.attention_mask.defined()) ctx.padding_mask = args.attention_mask.to(dev);  // moved once, used below
   ctx.positions = args.position_ids.defined() ? args.position_ids.to(dev)
-                                              : blocks::default_positions(ctx.batch, ctx.t, ctx.past, args.attention_mask, dev);
-  if (args.attention_mask.defined()) ctx.padding_mask = args.attention_mask.to(dev);
-  ctx.full_mask = blocks::attention_mask(ctx.batch, ctx.t, ctx.past, args.attention_mask, std::nullopt, dev);
+                                              : blocks::default_positions(ctx.batch, ctx.t, ctx.past, ctx.padding_mask, dev);
+  ctx.full_mask = blocks::attention_mask(ctx.batch, ctx.t, ctx.past, ctx.padding_mask, std::nullopt, dev);
   if (config_.sliding_window)
-    ctx.sliding_mask = blocks::attention_mask(ctx.batch, ctx.t, ctx.past, args.attention_mask, config_.sliding_window, dev);
+    ctx.sliding_mask = blocks::attention_mask(ctx.batch, ctx.t, ctx.past, ctx.padding_mask, config_.sliding_window, dev);
   ctx.full_causal_only = ctx.past == 0 && !args.attention_mask.defined();
   ctx.sliding_causal_only = ctx.full_causal_only && (!config_.sliding_window || *config_.sliding_window >= ctx.t);
 

@@ -30,9 +30,10 @@ class LlamaModel : public Model {
     // Other families: fused projections (Phi-3, GPT-2, NeoX) and extra norms (Gemma 2/3, OLMo2).
     int qkv = -1, gate_up = -1, attn_out_norm = -1, ff_pre_norm = -1, ff_post_norm = -1;
   };
-  // Per-layer weight handles (undefined where absent), refreshed by bind().
+  // Per-layer weight handles (undefined where absent), refreshed by bind(). ln1_b / ln2_b: the biases of
+  // LayerNorm families' two norms.
   struct LayerWeights {
-    at::Tensor ln1, q, k, v, o, qb, kb, vb, ob, qn, kn, ln2, gate, up, down, gate_b, up_b, down_b;
+    at::Tensor ln1, ln1_b, q, k, v, o, qb, kb, vb, ob, qn, kn, ln2, ln2_b, gate, up, down, gate_b, up_b, down_b;
   };
   // Everything a block needs from the surrounding forward pass.
   struct Context {

@@ -130,7 +130,7 @@ class MptModel : public FamilyModel {
   }
 
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
-    return layer_norm_block(i, x, ctx, H, lw_[i].ln1, {}, lw_[i].ln2, {});
+    return layer_norm_block(i, x, ctx, H);  // norm_1 / norm_2 have no bias
   }
 
   QKV qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H) override {

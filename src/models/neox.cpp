@@ -58,7 +58,7 @@ class NeoXModel : public FamilyModel {
 
  protected:
   struct Extra {
-    at::Tensor ln1_b, ln2_b, qkv_w, qkv_b, up_w, up_b, down_w, down_b;
+    at::Tensor qkv_w, qkv_b, up_w, up_b, down_w, down_b;
   };
 
   void build_sites() override {
@@ -92,9 +92,9 @@ class NeoXModel : public FamilyModel {
       LayerWeights& l = lw_[i];
       Extra& e = ex_[i];
       l.ln1 = opt_weight(p + "input_layernorm.weight");
-      e.ln1_b = opt_weight(p + "input_layernorm.bias");
+      l.ln1_b = opt_weight(p + "input_layernorm.bias");
       l.ln2 = opt_weight(p + "post_attention_layernorm.weight");
-      e.ln2_b = opt_weight(p + "post_attention_layernorm.bias");
+      l.ln2_b = opt_weight(p + "post_attention_layernorm.bias");
       e.qkv_w = opt_weight(p + "attention.query_key_value.weight");
       e.qkv_b = opt_weight(p + "attention.query_key_value.bias");
       l.o = opt_weight(p + "attention.dense.weight");
@@ -115,18 +115,17 @@ class NeoXModel : public FamilyModel {
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
     const LayerSites& s = ls_[i];
     const LayerWeights& w = lw_[i];
-    const Extra& e = ex_[i];
     const double eps = config_.norm_eps;
     x = H(s.resid_pre, x);
-    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, e.ln1_b, eps));
+    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, w.ln1_b, eps));
     at::Tensor a = attention_block(i, h, ctx, H);
     if (parallel_) {
-      at::Tensor h2 = H(s.post_norm, blocks::layer_norm(x, w.ln2, e.ln2_b, eps));
+      at::Tensor h2 = H(s.post_norm, blocks::layer_norm(x, w.ln2, w.ln2_b, eps));
       at::Tensor m = mlp_block(i, h2, H);
       return H(s.out, m + a + x);  // HF's order of the sum
     }
     x = H(s.resid_mid, a + x);
-    at::Tensor h2 = H(s.post_norm, blocks::layer_norm(x, w.ln2, e.ln2_b, eps));
+    at::Tensor h2 = H(s.post_norm, blocks::layer_norm(x, w.ln2, w.ln2_b, eps));
     return H(s.out, mlp_block(i, h2, H) + x);
   }
 

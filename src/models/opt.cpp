@@ -23,6 +23,7 @@ class OPTModel : public FamilyModel {
     const std::string where = "config (opt)";
     pre_norm_ = json_bool(t, "do_layer_norm_before", true, where);
     final_ln_ = pre_norm_ && !json_bool(t, "_remove_final_layer_norm", false, where);
+    affine_ = json_bool(t, "layer_norm_elementwise_affine", true, where);
     proj_dim_ = json_int(t, "word_embed_proj_dim", config_.d_model, where);
     MLXTERP_CHECK(proj_dim_ > 0 && proj_dim_ <= (1 << 20), where, ": word_embed_proj_dim must be positive; got ", proj_dim_);
     MLXTERP_CHECK(config_.n_kv_heads == config_.n_heads, where, ": OPT has no grouped-query attention; expected ",
@@ -75,14 +76,14 @@ class OPTModel : public FamilyModel {
         out[p + "fc1.bias"] = {f};
         out[p + "fc2.bias"] = {d};
       }
-      if (has_weight(p + "self_attn_layer_norm.weight") || elementwise_affine()) {
+      if (affine_ || has_weight(p + "self_attn_layer_norm.weight")) {
         for (const char* ln : {"self_attn_layer_norm", "final_layer_norm"}) {
           out[p + ln + ".weight"] = {d};
           out[p + ln + ".bias"] = {d};
         }
       }
     }
-    if (final_ln_ && elementwise_affine()) {
+    if (final_ln_ && affine_) {
       out[P + "final_layer_norm.weight"] = {d};
       out[P + "final_layer_norm.bias"] = {d};
     }
@@ -125,14 +126,14 @@ class OPTModel : public FamilyModel {
 
   void bind() override {
     lw_.assign(config_.n_layers, {});
-    ln_b_.assign(config_.n_layers, {});
     const std::string& P = prefix_;
     for (int i = 0; i < config_.n_layers; ++i) {
       const std::string p = P + "layers." + std::to_string(i) + ".";
       LayerWeights& l = lw_[i];
       l.ln1 = opt_weight(p + "self_attn_layer_norm.weight");
       l.ln2 = opt_weight(p + "final_layer_norm.weight");
-      ln_b_[i] = {opt_weight(p + "self_attn_layer_norm.bias"), opt_weight(p + "final_layer_norm.bias")};
+      l.ln1_b = opt_weight(p + "self_attn_layer_norm.bias");
+      l.ln2_b = opt_weight(p + "final_layer_norm.bias");
       l.q = opt_weight(p + "self_attn.q_proj.weight");
       l.k = opt_weight(p + "self_attn.k_proj.weight");
       l.v = opt_weight(p + "self_attn.v_proj.weight");
@@ -167,10 +168,10 @@ class OPTModel : public FamilyModel {
     const LayerSites& s = ls_[i];
     const LayerWeights& w = lw_[i];
     const double eps = config_.norm_eps;
-    if (pre_norm_) return layer_norm_block(i, x, ctx, H, w.ln1, ln_b_[i].first, w.ln2, ln_b_[i].second);
+    if (pre_norm_) return layer_norm_block(i, x, ctx, H);
     x = H(s.resid_pre, x);
-    x = H(s.resid_mid, blocks::layer_norm(x + attention_block(i, x, ctx, H), w.ln1, ln_b_[i].first, eps));
-    return H(s.out, blocks::layer_norm(x + mlp_block(i, x, H), w.ln2, ln_b_[i].second, eps));
+    x = H(s.resid_mid, blocks::layer_norm(x + attention_block(i, x, ctx, H), w.ln1, w.ln1_b, eps));
+    return H(s.out, blocks::layer_norm(x + mlp_block(i, x, H), w.ln2, w.ln2_b, eps));
   }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
@@ -179,16 +180,11 @@ class OPTModel : public FamilyModel {
   }
 
  private:
-  bool elementwise_affine() const {
-    return json_bool(text_config(), "layer_norm_elementwise_affine", true, "config (opt)");
-  }
-
-  bool pre_norm_ = true, final_ln_ = true;
+  bool pre_norm_ = true, final_ln_ = true, affine_ = true;  // affine_: LayerNorms with weight and bias
   int64_t proj_dim_ = 0;
   std::string prefix_ = "model.decoder.";
   int pos_site_ = -1, project_in_site_ = -1;
   at::Tensor wpe_, norm_b_, project_in_, project_out_;
-  std::vector<std::pair<at::Tensor, at::Tensor>> ln_b_;  // self_attn_layer_norm, final_layer_norm biases
 };
 
 const bool registered = register_architecture("opt", [](const ModelConfig& c, TensorMap w) -> std::unique_ptr<Model> {

@@ -67,7 +67,7 @@ class PhiModel : public FamilyModel {
 
  protected:
   struct Extra {
-    at::Tensor ln1_b, qn_b, kn_b;
+    at::Tensor qn_b, kn_b;
   };
 
   void build_sites() override {
@@ -99,7 +99,7 @@ class PhiModel : public FamilyModel {
       LayerWeights& l = lw_[i];
       Extra& e = ex_[i];
       l.ln1 = opt_weight(p + "input_layernorm.weight");
-      e.ln1_b = opt_weight(p + "input_layernorm.bias");
+      l.ln1_b = opt_weight(p + "input_layernorm.bias");
       l.q = opt_weight(p + "self_attn.q_proj.weight");
       l.k = opt_weight(p + "self_attn.k_proj.weight");
       l.v = opt_weight(p + "self_attn.v_proj.weight");
@@ -129,7 +129,7 @@ class PhiModel : public FamilyModel {
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
     const LayerSites& s = ls_[i];
     x = H(s.resid_pre, x);
-    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, lw_[i].ln1, ex_[i].ln1_b, config_.norm_eps));
+    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, lw_[i].ln1, lw_[i].ln1_b, config_.norm_eps));
     at::Tensor a = attention_block(i, h, ctx, H);
     at::Tensor m = mlp_block(i, h, H);
     return H(s.out, a + m + x);  // HF's order of the sum

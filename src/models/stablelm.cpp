@@ -40,7 +40,7 @@ class StableLmModel : public FamilyModel {
 
  protected:
   struct Extra {
-    at::Tensor ln1_b, ln2_b, q_ln, k_ln;  // q_ln [n_heads, d_head], k_ln [n_kv_heads, d_head] (qk_layernorm)
+    at::Tensor q_ln, k_ln;  // q_ln [n_heads, d_head], k_ln [n_kv_heads, d_head] (qk_layernorm)
   };
 
   void build_sites() override {
@@ -62,8 +62,6 @@ class StableLmModel : public FamilyModel {
     for (int i = 0; i < config_.n_layers; ++i) {
       const std::string p = layer_prefix(i) + ".";
       Extra& e = ex_[i];
-      e.ln1_b = opt_weight(p + "input_layernorm.bias");
-      e.ln2_b = opt_weight(p + "post_attention_layernorm.bias");
       if (config_.qk_norm) {
         e.q_ln = stack_heads(p + "self_attn.q_layernorm.norms.", config_.n_heads);
         e.k_ln = stack_heads(p + "self_attn.k_layernorm.norms.", config_.n_kv_heads);
@@ -105,17 +103,16 @@ class StableLmModel : public FamilyModel {
   at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
     const LayerSites& s = ls_[i];
     const LayerWeights& w = lw_[i];
-    const Extra& e = ex_[i];
     const double eps = config_.norm_eps;
     x = H(s.resid_pre, x);
-    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, e.ln1_b, eps));
+    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, w.ln1_b, eps));
     at::Tensor a = attention_block(i, h, ctx, H);
     if (parallel_) {
       at::Tensor m = mlp_block(i, h, H);
       return H(s.out, x + a + m);  // HF's order of the sum
     }
     x = H(s.resid_mid, x + a);
-    at::Tensor h2 = H(s.post_norm, blocks::layer_norm(x, w.ln2, e.ln2_b, eps));
+    at::Tensor h2 = H(s.post_norm, blocks::layer_norm(x, w.ln2, w.ln2_b, eps));
     return H(s.out, x + mlp_block(i, h2, H));
   }
 

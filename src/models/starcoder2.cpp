@@ -26,7 +26,7 @@ class Starcoder2Model : public FamilyModel {
 
  protected:
   struct Extra {
-    at::Tensor ln1_b, ln2_b, fc_w, fc_b, proj_w, proj_b;
+    at::Tensor fc_w, fc_b, proj_w, proj_b;
   };
 
   void build_sites() override {
@@ -47,8 +47,6 @@ class Starcoder2Model : public FamilyModel {
     for (int i = 0; i < config_.n_layers; ++i) {
       const std::string p = layer_prefix(i) + ".";
       Extra& e = ex_[i];
-      e.ln1_b = opt_weight(p + "input_layernorm.bias");
-      e.ln2_b = opt_weight(p + "post_attention_layernorm.bias");
       e.fc_w = opt_weight(p + "mlp.c_fc.weight");
       e.fc_b = opt_weight(p + "mlp.c_fc.bias");
       e.proj_w = opt_weight(p + "mlp.c_proj.weight");
@@ -83,17 +81,7 @@ class Starcoder2Model : public FamilyModel {
     }
   }
 
-  at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override {
-    const LayerSites& s = ls_[i];
-    const LayerWeights& w = lw_[i];
-    const Extra& e = ex_[i];
-    const double eps = config_.norm_eps;
-    x = H(s.resid_pre, x);
-    at::Tensor h = H(s.input_norm, blocks::layer_norm(x, w.ln1, e.ln1_b, eps));
-    x = H(s.resid_mid, x + attention_block(i, h, ctx, H));
-    h = H(s.post_norm, blocks::layer_norm(x, w.ln2, e.ln2_b, eps));
-    return H(s.out, x + mlp_block(i, h, H));
-  }
+  at::Tensor block(int i, at::Tensor x, Context& ctx, Hooks& H) override { return layer_norm_block(i, x, ctx, H); }
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
     const Extra& e = ex_[i];
