@@ -185,6 +185,69 @@ def variants():
     v["glm4"] = ("Glm4Config", base(head_dim=8, attention_bias=True, partial_rotary_factor=0.5, hidden_act="silu",
                                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                      "partial_rotary_factor": 0.5}))
+    # Llama relatives: Arcee (ReLU^2 MLP without a gate), ERNIE 4.5 (interleaved rotary, biases everywhere),
+    # Helium (interleaved rotary, q/k/v bias), Seed-OSS (q/k/v bias, none on o_proj), HunYuan dense (q/k
+    # RMSNorm after the rotary; rotary base scaled by alpha), Ministral (per-layer sliding window).
+    v["arcee"] = ("ArceeConfig", base(hidden_act="relu2", rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    v["ernie4_5"] = ("Ernie4_5Config", base(head_dim=8, use_bias=True,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 500000.0}))
+    v["helium"] = ("HeliumConfig", base(head_dim=8, attention_bias=True, rms_norm_eps=1e-8,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 100000.0}))
+    v["seed_oss"] = ("SeedOssConfig", base(head_dim=8, attention_bias=True, attention_out_bias=False,
+                                           attention_dropout=0.0, residual_dropout=0.0,
+                                           rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}))
+    v["hunyuan_v1_dense"] = ("HunYuanDenseV1Config", base(head_dim=8, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 1000.0, "factor": 1.0}))
+    v["ministral"] = ("MinistralConfig", base(head_dim=8, sliding_window=4, num_hidden_layers=3,
+                                              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                              rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))
+    # OLMo 3: OLMo 2 with sliding-window layers (every 4th layer full).
+    v["olmo3"] = ("Olmo3Config", base(num_hidden_layers=4, sliding_window=4, rope_parameters={
+        "full_attention": {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0, "beta_fast": 32.0,
+                           "beta_slow": 1.0, "original_max_position_embeddings": 16, "attention_factor": 1.2},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0}}))
+    # Nemotron: LayerNorm1p (weight + 1, with bias), ReLU^2 MLP without a gate, partial rotary.
+    v["nemotron"] = ("NemotronConfig", base(norm_eps=1e-5, hidden_act="relu2", partial_rotary_factor=0.5, head_dim=8,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                             "partial_rotary_factor": 0.5}))
+    # EXAONE 4: q/k RMSNorm, post-attention / post-MLP norms (OLMo 2 style), sliding layers with rotary and
+    # global layers without it.
+    v["exaone4"] = ("Exaone4Config", base(head_dim=8, sliding_window=4, num_hidden_layers=4, sliding_window_pattern=4,
+                                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))
+    # Apertus: xIELU activation (learned alpha_p / alpha_n) without a gate, q/k RMSNorm, llama3 rotary.
+    v["apertus"] = ("ApertusConfig", base(head_dim=8, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 12000000.0, "factor": 8.0, "original_max_position_embeddings": 16,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0}))
+    # Command-R+ (cohere with per-head q/k LayerNorm) and Command-R7B / Command-A (cohere2: sliding layers with
+    # rotary, global layers without).
+    v["cohere_qknorm"] = ("CohereConfig", base(logit_scale=0.25, use_qk_norm=True, layer_norm_eps=1e-5,
+                                               tie_word_embeddings=True,
+                                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    v["cohere2"] = ("Cohere2Config", base(logit_scale=0.25, layer_norm_eps=1e-5, tie_word_embeddings=True,
+                                          sliding_window=4, num_hidden_layers=4,
+                                          layer_types=["sliding_attention", "sliding_attention", "sliding_attention",
+                                                       "full_attention"],
+                                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    # GraniteMoE: Granite's multipliers with a top-k mixture of experts stored as fused input / output linears;
+    # GraniteMoeShared adds a shared expert.
+    v["granitemoe"] = ("GraniteMoeConfig", base(embedding_multiplier=12.0, logits_scaling=8.0, residual_multiplier=0.22,
+                                                attention_multiplier=0.125, num_local_experts=4, num_experts_per_tok=2,
+                                                intermediate_size=32,
+                                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    v["granitemoeshared"] = ("GraniteMoeSharedConfig", base(embedding_multiplier=12.0, logits_scaling=8.0,
+                                                            residual_multiplier=0.22, attention_multiplier=0.125,
+                                                            num_local_experts=4, num_experts_per_tok=2,
+                                                            intermediate_size=32, shared_intermediate_size=48,
+                                                            rope_parameters={"rope_type": "default",
+                                                                             "rope_theta": 10000.0}))
+    # gpt-oss: attention sinks, alternating sliding / full layers, q/k/v/o biases, yarn rotary, top-k experts
+    # with a clamped SwiGLU (interleaved gate / up) and biases.
+    v["gpt_oss"] = ("GptOssConfig", base(head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
+                                         num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
+                                         intermediate_size=32, attention_bias=True,
+                                         rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
+                                                          "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                                                          "original_max_position_embeddings": 4096}))
     return v
 
 
