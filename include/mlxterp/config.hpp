@@ -28,6 +28,8 @@ struct RopeParams {
   // yarn
   double beta_fast = 32.0, beta_slow = 1.0;
   std::optional<double> attention_factor;
+  bool truncate = true;                          // round the correction range to whole dimensions (gpt-oss: false)
+  std::optional<double> mscale, mscale_all_dim;  // DeepSeek's attention-factor terms
   // longrope (Phi-3)
   std::vector<double> short_factor, long_factor;
   double partial_rotary_factor = 1.0;  // fraction of d_head that is rotated (GPT-NeoX, Phi)

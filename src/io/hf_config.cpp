@@ -76,6 +76,10 @@ static RopeParams parse_rope_block(const json& b, RopeParams base, const std::st
   base.beta_slow = json_float(b, "beta_slow", base.beta_slow, where);
   if (b.contains("attention_factor") && !b["attention_factor"].is_null())
     base.attention_factor = json_float(b, "attention_factor", 1.0, where);
+  base.truncate = json_bool(b, "truncate", base.truncate, where);
+  if (b.contains("mscale") && !b["mscale"].is_null()) base.mscale = json_float(b, "mscale", 1.0, where);
+  if (b.contains("mscale_all_dim") && !b["mscale_all_dim"].is_null())
+    base.mscale_all_dim = json_float(b, "mscale_all_dim", 1.0, where);
   auto sf = json_float_list(b, "short_factor", where);
   auto lf = json_float_list(b, "long_factor", where);
   if (!sf.empty()) base.short_factor = sf;
@@ -200,6 +204,15 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   const json& t = (j.contains("text_config") && j["text_config"].is_object()) ? j["text_config"] : j;
   c.arch = c.model_type;
   if (c.arch == "gemma3_text") c.arch = "gemma3";
+  // Quantized checkpoints: gpt-oss's MXFP4 experts are dequantized at load (models/gpt_oss.cpp); any other
+  // scheme stores weights we would misread, so it is refused here rather than failing on weight names later.
+  if (j.contains("quantization_config") && !j["quantization_config"].is_null()) {
+    const json& q = j["quantization_config"];
+    const std::string method = q.is_object() ? json_string(q, "quant_method", "?", where) : q.dump();
+    MLXTERP_CHECK(method == "mxfp4" && c.model_type == "gpt_oss", where, ": quantized checkpoint (quant_method \"",
+                  method, "\") is not supported; expected unquantized weights (hint: load the unquantized release, ",
+                  "or gpt-oss with its MXFP4 experts)");
+  }
   // GPT-2 style names.
   c.d_model = json_int(t, "hidden_size", json_int(t, "n_embd", 0, where), where);
   c.n_layers = json_int(t, "num_hidden_layers", json_int(t, "n_layer", 0, where), where);
@@ -275,7 +288,7 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   } else {
     for (int64_t i = 0; i < c.n_layers; ++i) {
       std::string kind = c.sliding_window ? "sliding_attention" : "full_attention";
-      if (c.model_type == "gemma2") kind = (i % 2 == 0) ? "sliding_attention" : "full_attention";
+      if (c.model_type == "gemma2" || c.model_type == "gpt_oss") kind = (i % 2 == 0) ? "sliding_attention" : "full_attention";
       if (c.model_type == "gemma3" || c.model_type == "gemma3_text") {
         int64_t pattern = json_int(t, "sliding_window_pattern", 6, where);
         kind = ((i + 1) % pattern != 0) ? "sliding_attention" : "full_attention";

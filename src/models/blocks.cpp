@@ -81,8 +81,12 @@ Rope make_rope(const RopeParams& p, int64_t d_head, int64_t n_ctx) {
     inv = at::where(medium, smoothed, inv_l);
   } else if (p.type == "yarn") {
     const int64_t max_pos = p.original_max_position_embeddings > 0 ? p.original_max_position_embeddings : n_ctx;
-    double low = std::floor(yarn_find_correction_dim(p.beta_fast, dim, p.theta, max_pos));
-    double high = std::ceil(yarn_find_correction_dim(p.beta_slow, dim, p.theta, max_pos));
+    double low = yarn_find_correction_dim(p.beta_fast, dim, p.theta, max_pos);
+    double high = yarn_find_correction_dim(p.beta_slow, dim, p.theta, max_pos);
+    if (p.truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
     low = std::max(low, 0.0);
     high = std::min(high, double(dim - 1));
     if (low == high) high += 0.001;
@@ -90,7 +94,13 @@ Rope make_rope(const RopeParams& p, int64_t d_head, int64_t n_ctx) {
     at::Tensor extrapolation_factor = 1 - ramp;
     at::Tensor interp = inv / p.factor;
     inv = interp * (1 - extrapolation_factor) + inv * extrapolation_factor;
-    r.attention_scaling = p.attention_factor ? *p.attention_factor : yarn_get_mscale(p.factor);
+    // HF: attention_factor, else mscale / mscale_all_dim when both are set and nonzero, else 0.1 ln(factor) + 1.
+    if (p.attention_factor)
+      r.attention_scaling = *p.attention_factor;
+    else if (p.mscale && p.mscale_all_dim && *p.mscale != 0 && *p.mscale_all_dim != 0)
+      r.attention_scaling = yarn_get_mscale(p.factor, *p.mscale) / yarn_get_mscale(p.factor, *p.mscale_all_dim);
+    else
+      r.attention_scaling = yarn_get_mscale(p.factor);
   } else if (p.type == "longrope") {
     // Phi-3: per-dimension factors; long factors past the original context. We use the factor set
     // for the original context length and the long set beyond it (chosen at cos/sin time).
@@ -222,12 +232,23 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   MLXTERP_ASSERT(q.size(1) % k.size(1) == 0);
   const double scale = o.scale > 0 ? o.scale : 1.0 / std::sqrt(double(q.size(-1)));
 #if TORCH_VERSION_MAJOR >= 2
-  if (o.bias.defined() && !o.need_weights && !weights) {  // the bias and the mask as one additive float mask
+  if (o.sinks.defined() && !o.need_weights && !weights && !o.softcap) {
+    // The sink as one more key: k = 0 and v = 0, so its score is exactly the additive mask's value there (the
+    // sink logit) and it adds nothing to the output. [b, h_kv, T + 1, d]
+    const int64_t b = q.size(0), h = q.size(1), t = q.size(2), T = k.size(2);
+    at::Tensor k1 = at::cat({k, at::zeros({k.size(0), k.size(1), 1, k.size(3)}, k.options())}, 2);
+    at::Tensor v1 = at::cat({v, at::zeros({v.size(0), v.size(1), 1, v.size(3)}, v.options())}, 2);
+    at::Tensor add = at::full({}, -std::numeric_limits<float>::infinity(), q.options());
+    add = at::where(mask, o.bias.defined() ? o.bias.to(q.scalar_type()) : at::zeros({}, q.options()), add);
+    add = at::cat({add.expand({b, h, t, T}), o.sinks.to(q.scalar_type()).view({1, h, 1, 1}).expand({b, h, t, 1})}, 3);
+    return at::scaled_dot_product_attention(q, repeat_kv(k1, n_rep), repeat_kv(v1, n_rep), add, 0.0, false, scale);
+  }
+  if (o.bias.defined() && !o.need_weights && !weights && !o.sinks.defined()) {  // the bias and the mask as one additive float mask
     const at::Tensor add = at::where(mask, o.bias.to(q.scalar_type()),
                                      at::full({}, -std::numeric_limits<float>::infinity(), q.options()));
     return at::scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), add, 0.0, false, scale);
   }
-  if (!o.need_weights && !o.softcap && !weights && !o.bias.defined()) {
+  if (!o.need_weights && !o.softcap && !weights && !o.bias.defined() && !o.sinks.defined()) {
     // The plain causal case goes without a mask so SDPA can pick FlashAttention (as HF's sdpa path does),
     // and since 2.5 with grouped K/V heads as they are (no repeat_kv copies).
     if (o.causal_only && q.size(2) == k.size(2)) {
@@ -245,7 +266,14 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   if (o.bias.defined()) scores = scores + o.bias.to(scores.scalar_type());
   if (o.softcap) scores = at::tanh(scores / *o.softcap) * *o.softcap;
   scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
-  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor probs;
+  if (o.sinks.defined()) {  // softmax over [scores | sink], sink column dropped: [b, h, t, T]
+    const int64_t T = scores.size(-1);
+    at::Tensor sink = o.sinks.to(scores.scalar_type()).view({1, -1, 1, 1}).expand({scores.size(0), -1, scores.size(2), 1});
+    probs = at::softmax(at::cat({scores, sink}, -1), -1, at::kFloat).narrow(-1, 0, T).to(q.scalar_type());
+  } else {
+    probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  }
   if (weights) *weights = probs;
   return at::matmul(probs, vr);
 }

@@ -70,6 +70,9 @@ struct AttentionOptions {
   bool need_weights = false;           // also return the probabilities
   bool causal_only = false;            // mask is the plain causal triangle (t == t_total): SDPA is_causal
   at::Tensor bias;                     // added to the scaled scores, broadcast to [b, h, t, t_total] (ALiBi)
+  // gpt-oss attention sinks [n_heads]: one more logit per head in the softmax, with no value behind it, so a
+  // head's probabilities over the real keys sum to less than 1 (the returned weights leave the sink out).
+  at::Tensor sinks;
 };
 
 // q: [b, n_heads, t, d_head], k/v: [b, n_kv_heads, t_total, d_head], mask [b, 1, t, t_total] bool.

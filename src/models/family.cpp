@@ -138,4 +138,35 @@ at::Tensor FamilyModel::learned_positions(const Context& ctx, Hooks& H, const at
   return H(site, at::embedding(wpe, offset ? ctx.positions + offset : ctx.positions));  // [b, t, d]
 }
 
+at::Tensor FamilyModel::routed_experts(const at::Tensor& x, at::Tensor weights, const at::Tensor& chosen, int64_t b,
+                                       int64_t t, int routing_site, const std::vector<int>& expert_sites, Hooks& H,
+                                       const std::function<at::Tensor(int64_t, const at::Tensor&)>& expert) const {
+  const int64_t N = x.size(0), d = x.size(1), E = weights.size(1);
+  at::Tensor routed = weights.view({b, t, E});
+  at::Tensor edited = H(routing_site, routed);
+  at::Tensor mask;  // [N, E] bool: token n goes to expert e
+  if (edited.is_same(routed)) {
+    mask = at::zeros({N, E}, at::TensorOptions().dtype(at::kBool).device(x.device())).scatter(1, chosen, true);
+  } else {
+    mask = edited.reshape({N, E}) != 0;
+    weights = edited.reshape({N, E});
+  }
+  at::Tensor out = at::zeros_like(x);
+  at::Tensor hit = mask.any(0).cpu();
+  const bool* hit_p = hit.data_ptr<bool>();
+  for (int64_t e = 0; e < E; ++e) {
+    const bool want_site = H.wants(expert_sites[e]);
+    if (!hit_p[e] && !want_site) continue;
+    at::Tensor idx = mask.select(1, e).nonzero().squeeze(1);  // tokens routed to expert e
+    at::Tensor y = expert(e, x.index_select(0, idx));          // [n_e, d]
+    if (want_site) {
+      at::Tensor full = at::zeros_like(x).index_copy(0, idx, y.to(x.scalar_type())).view({b, t, d});
+      y = H(expert_sites[e], full).reshape({N, d}).index_select(0, idx);
+    }
+    at::Tensor we = weights.index_select(0, idx).select(1, e).unsqueeze(1);  // [n_e, 1]
+    out = out.index_add(0, idx, (y * we).to(x.scalar_type()));
+  }
+  return out;
+}
+
 }  // namespace mlxterp

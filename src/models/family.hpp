@@ -13,6 +13,7 @@
 //   };
 #pragma once
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -70,6 +71,14 @@ class FamilyModel : public LlamaModel {
   // up * act(gate) -> mlp.hidden, down -> mlp.down_proj, mlp. [b, t, d] -> [b, t, d]
   at::Tensor fused_gated_mlp(int i, const at::Tensor& h, const at::Tensor& gate_up_w, const at::Tensor& down_w,
                              Hooks& H) const;
+  // The routed part of a mixture-of-experts MLP, shared by the MoE families. x [N, d] (N = b * t tokens);
+  // weights [N, E] (0 for experts not chosen); chosen [N, k] the chosen experts. The weights go through
+  // `routing_site` as [b, t, E]: an edit re-routes (the chosen experts become its nonzeros, weighted by it).
+  // expert(e, x_e) runs expert e on its tokens x_e [n_e, d] -> [n_e, d]; its output at all tokens goes through
+  // expert_sites[e] when requested. Returns sum_e weights[:, e] * expert_e, [N, d] in x's dtype.
+  at::Tensor routed_experts(const at::Tensor& x, at::Tensor weights, const at::Tensor& chosen, int64_t b, int64_t t,
+                            int routing_site, const std::vector<int>& expert_sites, Hooks& H,
+                            const std::function<at::Tensor(int64_t e, const at::Tensor& xe)>& expert) const;
   // Learned absolute positions: rows ctx.positions + offset of wpe [n_rows, d] through `site` ([b, t, d]);
   // a position past the table is an error naming the family (OPT's table has offset = 2 extra rows).
   at::Tensor learned_positions(const Context& ctx, Hooks& H, const at::Tensor& wpe, int site, int64_t offset,

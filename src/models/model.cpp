@@ -275,10 +275,11 @@ std::unique_ptr<Model> create_model(const ModelConfig& config, TensorMap weights
   MLXTERP_CHECK(config.n_layers <= int64_t(weights.size()), "model: the config has ", config.n_layers,
                 " layers but the checkpoint only ", weights.size(), " tensors; expected at least one tensor per layer "
                 "(a config that disagrees with the weights?)");
-  // Check the weights against what the architecture needs before anything runs.
-  std::map<std::string, std::vector<int64_t>> have;
-  for (const auto& [k, t] : weights) have[k] = t.sizes().vec();
+  // Check the weights against what the architecture needs before anything runs: the weights as the model
+  // holds them, after any load-time conversion (gpt-oss's MXFP4 experts become dense ones).
   std::unique_ptr<Model> model = it->second(config, std::move(weights));
+  std::map<std::string, std::vector<int64_t>> have;
+  for (const auto& [k, t] : model->weights()) have[k] = t.sizes().vec();
   auto expected = model->expected_weights();
   for (const auto& [name, shape] : expected) {
     auto h = have.find(name);

@@ -171,32 +171,8 @@ class MoEModel : public FamilyModel {
     blocks::MoeRouting r = blocks::moe_route(logits.reshape({N, E}), top_k_, normalize_);
     // Mixtral weighs expert outputs in float32; the Qwen/OLMoE routers cast the weights to the model dtype.
     at::Tensor weights = kind_ == Kind::Mixtral ? r.weights : r.weights.to(h.scalar_type());
-    at::Tensor routed = weights.view({b, t, E});
-    at::Tensor edited = H(s.routing, routed);
-    at::Tensor chosen;  // [N, E] bool
-    if (edited.is_same(routed)) {
-      chosen = at::zeros({N, E}, at::TensorOptions().dtype(at::kBool).device(h.device())).scatter(1, r.chosen, true);
-    } else {
-      chosen = edited.reshape({N, E}) != 0;
-      weights = edited.reshape({N, E});
-    }
-    weights = weights.reshape({N, E});
-    at::Tensor x = h.reshape({N, d});
-    at::Tensor out = at::zeros_like(x);
-    at::Tensor hit = chosen.any(0).cpu();
-    const bool* hit_p = hit.data_ptr<bool>();
-    for (int64_t e = 0; e < E; ++e) {
-      const bool want_site = H.wants(s.experts[e]);
-      if (!hit_p[e] && !want_site) continue;
-      at::Tensor idx = chosen.select(1, e).nonzero().squeeze(1);  // tokens routed to expert e
-      at::Tensor y = expert_mlp(w.experts[e], x.index_select(0, idx));  // [n_e, d]
-      if (want_site) {
-        at::Tensor full = at::zeros_like(x).index_copy(0, idx, y).view({b, t, d});
-        y = H(s.experts[e], full).reshape({N, d}).index_select(0, idx);
-      }
-      at::Tensor we = weights.index_select(0, idx).select(1, e).unsqueeze(1);  // [n_e, 1]
-      out = out.index_add(0, idx, (y * we).to(x.scalar_type()));
-    }
+    at::Tensor out = routed_experts(h.reshape({N, d}), weights, r.chosen, b, t, s.routing, s.experts, H,
+                                    [&](int64_t e, const at::Tensor& xe) { return expert_mlp(w.experts[e], xe); });
     at::Tensor y = H(s.switch_mlp, out.view({b, t, d}));
     if (d_shared_ > 0) {
       at::Tensor sh = H(s.shared, expert_mlp(w.shared, h));              // [b, t, d]
