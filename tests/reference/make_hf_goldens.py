@@ -248,6 +248,24 @@ def variants():
                                          rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
                                                           "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
                                                           "original_max_position_embeddings": 4096}))
+    # DeepSeek-V3 (and Kimi K2): multi-head latent attention (q through a low-rank q_a / q_b pair, keys and values
+    # from a compressed kv latent, a shared rotary key), interleaved rotary with YaRN's mscale terms, a dense first
+    # layer, then sigmoid-scored experts chosen within the best groups (with a correction bias), renormalised
+    # and scaled, plus a shared expert. The second variant: q_proj without the low-rank pair, rotate_half
+    # rotary, one group, no renormalisation.
+    v["deepseek_v3"] = ("DeepseekV3Config", base(
+        num_hidden_layers=3, num_key_value_heads=4, intermediate_size=64, moe_intermediate_size=16, n_shared_experts=1,
+        n_routed_experts=8, routed_scaling_factor=2.5, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8,
+        v_head_dim=12, qk_nope_head_dim=8, n_group=4, topk_group=2, num_experts_per_tok=2, first_k_dense_replace=1,
+        norm_topk_prob=True, rope_interleave=True,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+                         "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.8}))
+    v["deepseek_v3_noq"] = ("DeepseekV3Config", base(
+        num_hidden_layers=2, num_key_value_heads=4, intermediate_size=64, moe_intermediate_size=16, n_shared_experts=2,
+        n_routed_experts=8, routed_scaling_factor=1.0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+        v_head_dim=8, qk_nope_head_dim=16, n_group=1, topk_group=1, num_experts_per_tok=3, first_k_dense_replace=0,
+        norm_topk_prob=False, rope_interleave=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
     return v
 
 
@@ -318,6 +336,15 @@ def randomize(model, gen):
                 p.copy_(scale * torch.randn(p.shape, generator=gen))
 
 
+def randomize_buffers(model, gen):
+    """Learned buffers the checkpoint carries (DeepSeek-V3's router correction bias) start at zero: make them
+    matter."""
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+
+
 def find_layers(model):
     for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks"):
         obj = model
@@ -366,6 +393,14 @@ def capture(model, ids, mask=None):
             gate = getattr(mlp, "gate", None)
             if isinstance(gate, torch.nn.Module) and getattr(mlp, "experts", None) is not None:
                 handles.append(gate.register_forward_hook(hook(f"router_logits.{i}")))
+
+                # Routers that choose by something other than the top-k logits (DeepSeek-V3: sigmoid scores
+                # plus a correction bias within the best groups) return (logits, weights, indices): keep the
+                # chosen experts, sorted per token.
+                def keep_choice(m, inp, out, i=i):
+                    if isinstance(out, tuple) and len(out) == 3 and not out[2].is_floating_point():
+                        store[f"router_topk.{i}"] = out[2].sort(-1).values.long().clone()
+                handles.append(gate.register_forward_hook(keep_choice))
     for norm_path in ("model.norm", "model.final_layernorm", "transformer.ln_f", "gpt_neox.final_layer_norm",
                       "model.decoder.final_layer_norm", "transformer.norm_f"):
         obj = model
@@ -410,6 +445,7 @@ def build(name, cls_name, kw, out_dir):
         model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", torch_dtype=torch.float32)
     model.eval()
     randomize(model, gen)
+    randomize_buffers(model, gen)
     d = os.path.join(out_dir, name)
     os.makedirs(d, exist_ok=True)
     model.save_pretrained(d, safe_serialization=True)
