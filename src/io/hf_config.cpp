@@ -244,7 +244,8 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   // override to False in their classes, so an absent key means "that class's default".
   if (!j.contains("tie_word_embeddings") && !t.contains("tie_word_embeddings")) {
     static const char* untied_by_default[] = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
-                                              "qwen3_moe", "olmo2", "olmoe", "phi3", "gpt_neox"};
+                                              "qwen3_moe", "olmo2", "olmoe", "phi3", "gpt_neox", "exaone4",
+                                              "granitemoe", "granitemoeshared", "olmo3"};
     for (const char* a : untied_by_default)
       if (c.model_type == a) c.tie_word_embeddings = false;
   }
@@ -257,6 +258,9 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
     bool use = json_bool(t, "use_sliding_window", c.model_type.rfind("qwen", 0) != 0, where);
     if (use) c.sliding_window = json_int(t, "sliding_window", 0, where);
   }
+  // EXAONE 4, Cohere2 and OLMo 3 configs default to a 4096-token window when the key is absent (null: none).
+  if ((c.model_type == "exaone4" || c.model_type == "cohere2" || c.model_type == "olmo3") && !t.contains("sliding_window"))
+    c.sliding_window = 4096;
   // GPT-Neo: "global" / "local" layers (attention_layers, or its run-length form attention_types) and the
   // local layers' window (window_size, counting the token itself).
   if (c.model_type == "gpt_neo") {
@@ -293,6 +297,17 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
         int64_t pattern = json_int(t, "sliding_window_pattern", 6, where);
         kind = ((i + 1) % pattern != 0) ? "sliding_attention" : "full_attention";
       }
+      // EXAONE 4 / Cohere2 (their configs' __post_init__): every sliding_window_pattern-th layer is full. EXAONE 4
+      // without a window has only full layers; its string patterns ("LLLG") only come with explicit layer_types.
+      if (c.model_type == "exaone4" || c.model_type == "cohere2") {
+        MLXTERP_CHECK(!t.contains("sliding_window_pattern") || !t["sliding_window_pattern"].is_string(), where,
+                      ": sliding_window_pattern as a string (", t["sliding_window_pattern"].dump(), ") is not supported ",
+                      "without layer_types; expected an integer or an explicit layer_types list");
+        const int64_t pattern = json_int(t, "sliding_window_pattern", 4, where);
+        MLXTERP_CHECK(pattern > 0 || !c.sliding_window, where, ": sliding_window_pattern must be positive; got ", pattern);
+        kind = (c.sliding_window && (i + 1) % pattern != 0) ? "sliding_attention" : "full_attention";
+      }
+      if (c.model_type == "olmo3") kind = (i + 1) % 4 != 0 ? "sliding_attention" : "full_attention";  // Olmo3Config
       if (c.model_type == "qwen2" || c.model_type == "qwen2_moe" || c.model_type == "qwen3") {
         int64_t max_window_layers = json_int(t, "max_window_layers", c.n_layers, where);
         kind = (c.sliding_window && i >= max_window_layers) ? "sliding_attention" : "full_attention";
@@ -307,6 +322,14 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   if (!any_sliding) c.sliding_window.reset();
   MLXTERP_CHECK(!any_sliding || c.sliding_window, where, ": layer_types has sliding_attention layers but no sliding_window");
   c.rope = parse_rope(t, where);
+  // OLMo 3: a single rotary block (4.x rope_scaling) is the full layers'; the sliding layers use the default rotary
+  // with rope_theta (Olmo3Config.convert_rope_params_to_dict).
+  if (c.model_type == "olmo3" && !c.rope.count("sliding_attention")) {
+    RopeParams local;
+    local.theta = c.rope.at("default").theta;
+    local.partial_rotary_factor = c.rope.at("default").partial_rotary_factor;
+    c.rope["sliding_attention"] = local;
+  }
   // StableLM, StarCoder2, Phi and GPT-J (LayerNorm families) name their epsilon and biases their own way;
   // transformers also writes an unused rms_norm_eps into their config.json, which must not win. StableLM's,
   // Phi's and GPT-J's classes default to untied embeddings; StableLM rotates 25% of each head.
@@ -341,7 +364,7 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
     c.hidden_act = "gelu";        // MptMLP: exact GELU
     c.d_mlp = 4 * c.d_model;      // MptMLP: always 4 d_model, whatever expansion_ratio says
     c.n_ctx = json_int(t, "max_seq_len", c.n_ctx, where);
-  } else if (c.model_type == "cohere") {
+  } else if (c.model_type == "cohere" || c.model_type == "cohere2") {
     c.norm_eps = json_float(t, "layer_norm_eps", 1e-5, where);  // transformers also writes an unused rms_norm_eps
   } else if (c.model_type == "falcon") {
     c.norm_eps = json_float(t, "layer_norm_epsilon", 1e-5, where);

@@ -209,8 +209,13 @@ at::Tensor attention_mask(int64_t batch, int64_t t, int64_t past, const at::Tens
   return allowed;
 }
 
-MoeRouting moe_route(const at::Tensor& logits, int64_t k, bool normalize) {
+MoeRouting moe_route(const at::Tensor& logits, int64_t k, bool normalize, bool softmax_over_topk) {
   MLXTERP_CHECK(k >= 1 && k <= logits.size(-1), "moe: num_experts_per_tok must be in 1 .. ", logits.size(-1), ", got ", k);
+  if (softmax_over_topk) {
+    at::Tensor lf = logits.to(at::kFloat);
+    auto [top, idx] = lf.topk(k, -1);  // [N, k]
+    return {at::zeros_like(lf).scatter(-1, idx, at::softmax(top, -1)), idx};
+  }
   at::Tensor probs = at::softmax(logits.to(at::kFloat), -1);
   auto [top, idx] = probs.topk(k, -1);  // [N, k]
   if (normalize) top = top / top.sum(-1, /*keepdim=*/true);

@@ -90,12 +90,13 @@ inline at::Tensor softcap(const at::Tensor& x, double cap) { return at::tanh(x /
 // ---- mixture of experts -------------------------------------------------------------------------
 
 // Top-k routing as Mixtral / Qwen-MoE / OLMoE: probabilities = softmax(router logits) in float32,
-// the k largest chosen per token, optionally renormalised to sum to 1.
+// the k largest chosen per token, optionally renormalised to sum to 1. softmax_over_topk (GraniteMoE):
+// the k largest logits chosen first, then softmax over those k (`normalize` is then implied).
 //   logits [N, E] -> weights [N, E] float32 (0 for experts not chosen), chosen [N, k] int64.
 struct MoeRouting {
   at::Tensor weights, chosen;
 };
-MoeRouting moe_route(const at::Tensor& logits, int64_t k, bool normalize);
+MoeRouting moe_route(const at::Tensor& logits, int64_t k, bool normalize, bool softmax_over_topk = false);
 
 // y = x W^T (+ b) with an undefined bias allowed.
 inline at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {

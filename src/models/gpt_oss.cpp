@@ -15,7 +15,7 @@
 // HF's module name mlp.router is an alias of the mlp.gate site. MXFP4 experts (OpenAI's checkpoints) are dequantized at
 // load, as HF's Mxfp4Config(dequantize=True) does.
 #include "mlxterp/error.hpp"
-#include "models/family.hpp"
+#include "models/moe.hpp"
 
 namespace mlxterp {
 namespace {
@@ -58,9 +58,9 @@ TensorMap dense_experts(TensorMap w) {
   return w;
 }
 
-class GptOssModel : public FamilyModel {
+class GptOssModel : public MoeFamilyModel {
  public:
-  GptOssModel(const ModelConfig& c, TensorMap w) : FamilyModel(c, dense_experts(std::move(w))) {
+  GptOssModel(const ModelConfig& c, TensorMap w) : MoeFamilyModel(c, dense_experts(std::move(w))) {
     const auto& t = text_config();
     const std::string where = "config (gpt_oss)";
     n_experts_ = json_int(t, "num_local_experts", 0, where);
@@ -73,11 +73,7 @@ class GptOssModel : public FamilyModel {
   }
 
  protected:
-  struct MoeSites {
-    int router = -1, routing = -1, switch_mlp = -1;
-    std::vector<int> experts;
-  };
-  struct MoeWeights {
+  struct OssWeights {
     at::Tensor router_w, router_b, sinks;
     at::Tensor gate_up, gate_up_b, down, down_b;  // [E, d, 2f], [E, 2f], [E, f, d], [E, d]
   };
@@ -95,13 +91,7 @@ class GptOssModel : public FamilyModel {
       add_attention_sites(i, l, /*fused_qkv=*/false);
       l.resid_mid = add_site(i, "resid_mid");
       l.post_norm = add_site(i, "post_attention_layernorm");
-      MoeSites& m = ms_[i];
-      m.router = add_site(i, "mlp.gate");
-      m.routing = add_site(i, "mlp.routing_weights");
-      for (int64_t e = 0; e < n_experts_; ++e)
-        m.experts.push_back(add_site(i, "mlp.experts." + std::to_string(e), /*on_request=*/true));
-      m.switch_mlp = add_site(i, "mlp.switch_mlp");
-      l.mlp = add_site(i, "mlp");
+      add_moe_sites(i, /*shared_expert=*/false, /*shared_gate=*/false);
       l.out = add_site(i, "");
     }
     norm_site_ = add_site(-1, "model.norm");
@@ -112,9 +102,9 @@ class GptOssModel : public FamilyModel {
 
   void bind() override {
     LlamaModel::bind();
-    mw_.assign(config_.n_layers, {});
+    ow_.assign(config_.n_layers, {});
     for (int i = 0; i < config_.n_layers; ++i) {
-      MoeWeights& m = mw_[i];
+      OssWeights& m = ow_[i];
       const std::string p = layer_prefix(i);
       m.sinks = opt_weight(p + ".self_attn.sinks");
       m.router_w = opt_weight(p + ".mlp.router.weight");
@@ -144,12 +134,12 @@ class GptOssModel : public FamilyModel {
 
   blocks::AttentionOptions attention_options(int i) const override {
     blocks::AttentionOptions o;
-    o.sinks = mw_[size_t(i)].sinks;
+    o.sinks = ow_[size_t(i)].sinks;
     return o;
   }
 
   // Expert e of layer i on its tokens x [n, d] -> [n, d].
-  at::Tensor expert(const MoeWeights& w, int64_t e, const at::Tensor& x) const {
+  at::Tensor expert(const OssWeights& w, int64_t e, const at::Tensor& x) const {
     constexpr double kLimit = 7.0, kAlpha = 1.702;  // HF's GptOssExperts constants
     at::Tensor gu = at::matmul(x, w.gate_up[e]) + w.gate_up_b[e];  // [n, 2f]
     const int64_t f = gu.size(1) / 2;
@@ -161,21 +151,18 @@ class GptOssModel : public FamilyModel {
 
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
     const MoeSites& s = ms_[i];
-    const MoeWeights& w = mw_[i];
+    const OssWeights& w = ow_[i];
     const int64_t b = h.size(0), t = h.size(1), d = h.size(2), E = n_experts_, N = b * t;
     at::Tensor logits = H(s.router, at::linear(h, w.router_w, w.router_b));  // [b, t, E]
-    // Softmax over the top-k logits (in the model dtype, as HF), scattered into [N, E].
-    auto [top, idx] = logits.reshape({N, E}).topk(top_k_, -1);
-    at::Tensor weights = at::zeros({N, E}, top.options()).scatter(1, idx, at::softmax(top, 1));
-    at::Tensor out = routed_experts(h.reshape({N, d}), weights, idx, b, t, s.routing, s.experts, H,
+    // Softmax over the top-k logits, 0 elsewhere, [N, E] (HF takes it in the model dtype; float32 here, then cast).
+    blocks::MoeRouting r = blocks::moe_route(logits.reshape({N, E}), top_k_, false, /*softmax_over_topk=*/true);
+    at::Tensor out = routed_experts(h.reshape({N, d}), r.weights.to(h.scalar_type()), r.chosen, b, t, s.routing, s.experts, H,
                                     [&](int64_t e, const at::Tensor& xe) { return expert(w, e, xe); });
     return H(ls_[i].mlp, H(s.switch_mlp, out.view({b, t, d})));
   }
 
  private:
-  int64_t n_experts_ = 0, top_k_ = 4;
-  std::vector<MoeSites> ms_;
-  std::vector<MoeWeights> mw_;
+  std::vector<OssWeights> ow_;  // per layer
 };
 
 const bool registered = register_architecture("gpt_oss", [](const ModelConfig& c, TensorMap w) -> std::unique_ptr<Model> {

@@ -13,17 +13,47 @@
 //   the MLP output                                            site mlp                 [b, t, d]
 // Qwen-MoE layers listed in mlp_only_layers, or off the decoder_sparse_step grid, are dense Llama MLPs.
 // Mixtral's checkpoint path block_sparse_moe (transformers 4.x) is an alias of mlp.
+#include "models/moe.hpp"
+
 #include "mlxterp/error.hpp"
-#include "models/family.hpp"
 
 namespace mlxterp {
+
+void MoeFamilyModel::add_moe_sites(int i, bool shared_expert, bool shared_gate) {
+  MoeSites& m = ms_[i];
+  m.router = add_site(i, "mlp.gate");
+  m.routing = add_site(i, "mlp.routing_weights");
+  m.experts.clear();
+  for (int64_t e = 0; e < n_experts_; ++e)
+    m.experts.push_back(add_site(i, "mlp.experts." + std::to_string(e), /*on_request=*/true));
+  m.switch_mlp = add_site(i, "mlp.switch_mlp");
+  if (shared_expert) m.shared = add_site(i, "mlp.shared_expert");
+  if (shared_gate) m.shared_gate = add_site(i, "mlp.shared_expert_gate");
+  ls_[i].mlp = add_site(i, "mlp");
+}
+
+at::Tensor MoeFamilyModel::expert_mlp(const Expert& e, const at::Tensor& x) const {
+  return at::linear(blocks::gated_activation(config_.hidden_act, at::linear(x, e.gate), at::linear(x, e.up)), e.down);
+}
+
+at::Tensor MoeFamilyModel::mix_experts(int i, const at::Tensor& h, at::Tensor weights, const at::Tensor& chosen_idx,
+                                       Hooks& H) const {
+  const MoeSites& s = ms_[i];
+  const MoeWeights& w = mw_[i];
+  const int64_t b = h.size(0), t = h.size(1), d = h.size(2);
+  at::Tensor out = routed_experts(h.reshape({b * t, d}), weights.reshape({b * t, n_experts_}), chosen_idx, b, t,
+                                  s.routing, s.experts, H,
+                                  [&](int64_t e, const at::Tensor& xe) { return expert_mlp(w.experts[e], xe); });
+  return H(s.switch_mlp, out.view({b, t, d}));
+}
+
 namespace {
 
 enum class Kind { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe };
 
-class MoEModel : public FamilyModel {
+class MoEModel : public MoeFamilyModel {
  public:
-  MoEModel(const ModelConfig& c, TensorMap w) : FamilyModel(c, std::move(w)) {
+  MoEModel(const ModelConfig& c, TensorMap w) : MoeFamilyModel(c, std::move(w)) {
     const auto& t = text_config();
     const std::string& mt = config_.model_type;
     const std::string where = "config (" + mt + ")";
@@ -57,19 +87,6 @@ class MoEModel : public FamilyModel {
   }
 
  protected:
-  struct MoeSites {
-    int router = -1, routing = -1, switch_mlp = -1, shared = -1, shared_gate = -1;
-    std::vector<int> experts;
-  };
-  struct Expert {
-    at::Tensor gate, up, down;
-  };
-  struct MoeWeights {
-    at::Tensor router, shared_gate;
-    Expert shared;
-    std::vector<Expert> experts;
-  };
-
   std::string moe_prefix(int i) const {
     return layer_prefix(i) + (kind_ == Kind::Mixtral ? ".block_sparse_moe." : ".mlp.");
   }
@@ -94,17 +111,7 @@ class MoEModel : public FamilyModel {
       if (!sparse_[i]) {
         add_mlp_sites(i, l, Mlp::Gated);
       } else {
-        MoeSites& m = ms_[i];
-        m.router = add_site(i, "mlp.gate");
-        m.routing = add_site(i, "mlp.routing_weights");
-        for (int64_t e = 0; e < n_experts_; ++e)
-          m.experts.push_back(add_site(i, "mlp.experts." + std::to_string(e), /*on_request=*/true));
-        m.switch_mlp = add_site(i, "mlp.switch_mlp");
-        if (d_shared_ > 0) {
-          m.shared = add_site(i, "mlp.shared_expert");
-          m.shared_gate = add_site(i, "mlp.shared_expert_gate");
-        }
-        l.mlp = add_site(i, "mlp");
+        add_moe_sites(i, /*shared_expert=*/d_shared_ > 0, /*shared_gate=*/d_shared_ > 0);
       }
       l.out = add_site(i, "");
     }
@@ -158,22 +165,15 @@ class MoEModel : public FamilyModel {
     }
   }
 
-  at::Tensor expert_mlp(const Expert& e, const at::Tensor& x) const {
-    return at::linear(blocks::gated_activation(config_.hidden_act, at::linear(x, e.gate), at::linear(x, e.up)), e.down);
-  }
-
   at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H) override {
     if (!sparse_[i]) return LlamaModel::mlp_block(i, h, H);
     const MoeSites& s = ms_[i];
     const MoeWeights& w = mw_[i];
-    const int64_t b = h.size(0), t = h.size(1), d = h.size(2), E = n_experts_, N = b * t;
+    const int64_t E = n_experts_;
     at::Tensor logits = H(s.router, at::linear(h, w.router));  // [b, t, E]
-    blocks::MoeRouting r = blocks::moe_route(logits.reshape({N, E}), top_k_, normalize_);
+    blocks::MoeRouting r = blocks::moe_route(logits.reshape({-1, E}), top_k_, normalize_);
     // Mixtral weighs expert outputs in float32; the Qwen/OLMoE routers cast the weights to the model dtype.
-    at::Tensor weights = kind_ == Kind::Mixtral ? r.weights : r.weights.to(h.scalar_type());
-    at::Tensor out = routed_experts(h.reshape({N, d}), weights, r.chosen, b, t, s.routing, s.experts, H,
-                                    [&](int64_t e, const at::Tensor& xe) { return expert_mlp(w.experts[e], xe); });
-    at::Tensor y = H(s.switch_mlp, out.view({b, t, d}));
+    at::Tensor y = mix_experts(i, h, kind_ == Kind::Mixtral ? r.weights : r.weights.to(h.scalar_type()), r.chosen, H);
     if (d_shared_ > 0) {
       at::Tensor sh = H(s.shared, expert_mlp(w.shared, h));              // [b, t, d]
       at::Tensor sg = H(s.shared_gate, at::linear(h, w.shared_gate));    // [b, t, 1]
@@ -184,11 +184,9 @@ class MoEModel : public FamilyModel {
 
  private:
   Kind kind_ = Kind::Mixtral;
-  int64_t n_experts_ = 0, top_k_ = 2, d_expert_ = 0, d_shared_ = 0;
+  int64_t d_expert_ = 0, d_shared_ = 0;
   bool normalize_ = true;
   std::vector<bool> sparse_;
-  std::vector<MoeSites> ms_;
-  std::vector<MoeWeights> mw_;
 };
 
 const bool registered = [] {

@@ -3,6 +3,11 @@
 // HF's names), and q/k RMSNorm spans the whole projection (before the split into heads), so the
 // self_attn.{q,k}_norm sites are [b, t, n_heads*d_head] / [b, t, n_kv_heads*d_head]. OLMo2's RMSNorm
 // multiplies by the weight in float32 before casting back.
+// OLMo 3 (olmo3, Olmo3ForCausalLM): OLMo 2 with layer_types (sliding-window and full layers) and rotary parameters
+// per layer type (typically default for the sliding layers, yarn for the full ones; ModelConfig::rope_for_layer).
+// EXAONE 4 (exaone4, Exaone4ForCausalLM): the same block with Llama's RMSNorm (weight applied after the cast
+// back), per-head q/k RMSNorm (sites [b, t, H|K, dh]) and layer_types; when the config has a sliding_window,
+// only the sliding layers apply the rotary embedding (the full layers have none).
 #include "mlxterp/error.hpp"
 #include "models/family.hpp"
 
@@ -13,13 +18,22 @@ class Olmo2Model : public FamilyModel {
  public:
   Olmo2Model(const ModelConfig& c, TensorMap w) : FamilyModel(c, std::move(w)) {
     config_.qk_norm = true;
-    qk_norm_full_width_ = true;
+    exaone4_ = config_.model_type == "exaone4";
+    qk_norm_full_width_ = !exaone4_;
+    if (exaone4_) {
+      // Exaone4Attention rotates when the config has no sliding window at all, else only its sliding layers.
+      const auto& t = text_config();
+      const bool has_window = !t.contains("sliding_window") || !t["sliding_window"].is_null();  // absent: 4096
+      no_rope_.assign(size_t(config_.n_layers), 0);
+      for (int64_t i = 0; i < config_.n_layers; ++i)
+        no_rope_[size_t(i)] = has_window && config_.layer_types[size_t(i)] != "sliding_attention";
+    }
     init();
   }
 
  protected:
   at::Tensor norm(const at::Tensor& x, const at::Tensor& w) const override {
-    return blocks::rms_norm_weight_f32(x, w, config_.norm_eps);
+    return exaone4_ ? blocks::rms_norm(x, w, config_.norm_eps) : blocks::rms_norm_weight_f32(x, w, config_.norm_eps);
   }
 
   void build_sites() override {
@@ -67,11 +81,16 @@ class Olmo2Model : public FamilyModel {
 
  private:
   std::vector<at::Tensor> post_ff_;
+  bool exaone4_ = false;
 };
 
-const bool registered = register_architecture("olmo2", [](const ModelConfig& c, TensorMap w) -> std::unique_ptr<Model> {
-  return std::make_unique<Olmo2Model>(c, std::move(w));
-});
+const bool registered = [] {
+  for (const char* a : {"olmo2", "olmo3", "exaone4"})
+    register_architecture(a, [](const ModelConfig& c, TensorMap w) -> std::unique_ptr<Model> {
+      return std::make_unique<Olmo2Model>(c, std::move(w));
+    });
+  return true;
+}();
 
 }  // namespace
 }  // namespace mlxterp

@@ -39,7 +39,7 @@ double expect_close(const at::Tensor& got, const at::Tensor& want, double tol, c
   return err;
 }
 
-void check_forward(const std::string& name, const std::string& config_file) {
+void check_forward(const std::string& name, const std::string& config_file, const std::string& mlp_component) {
   Golden g = load_golden(name, config_file);
   auto m = build(g);
   const SiteTable& S = m->sites();
@@ -55,7 +55,7 @@ void check_forward(const std::string& name, const std::string& config_file) {
     e_attn = std::max(e_attn, expect_close(h.captured(S.resolve_component(i, "self_attn")), g.ref.at("attn." + l), 1e-4, tag + " attn " + l));
     at::Tensor mlp_ref = g.ref.at("mlp." + l);
     if (mlp_ref.dim() == 2) mlp_ref = mlp_ref.view({2, -1, mlp_ref.size(-1)});  // OPT's fc2 runs on [b * t, d]
-    e_mlp = std::max(e_mlp, expect_close(h.captured(S.resolve_component(i, "mlp")), mlp_ref, 1e-4, tag + " mlp " + l));
+    e_mlp = std::max(e_mlp, expect_close(h.captured(S.resolve_component(i, mlp_component)), mlp_ref, 1e-4, tag + " mlp " + l));
     e_w = std::max(e_w, expect_close(h.captured(S.resolve_component(i, "self_attn.attention_weights")),
                                      g.ref.at("attn_weights." + l), 1e-5, tag + " attention weights " + l));
     if (g.ref.count("router_logits." + l)) {

@@ -26,8 +26,10 @@ std::unique_ptr<Model> build(const ModelConfig& c, TensorMap w, at::ScalarType d
 double expect_close(const at::Tensor& got, const at::Tensor& want, double tol, const std::string& what);
 
 // Every layer output, attention and MLP block output, attention weights, final norm and logits
-// within 1e-4 (weights 1e-5) in fp32; MoE router logits too when the golden has them.
-void check_forward(const std::string& name, const std::string& config_file);
+// within 1e-4 (weights 1e-5) in fp32; MoE router logits too when the golden has them. `mlp_component` is our
+// site for the golden's mlp.{i} (HF's MLP module): "mlp" unless HF's module is only part of our MLP block
+// (GraniteMoeShared's block_sparse_moe = our mlp.switch_mlp, without the shared MLP).
+void check_forward(const std::string& name, const std::string& config_file, const std::string& mlp_component = "mlp");
 // Right-padded batch: logits at real tokens within 1e-4, no NaN anywhere.
 void check_padded(const std::string& name);
 // Greedy KV-cached generation equals HF generate's 8 tokens.
