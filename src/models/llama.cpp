@@ -254,7 +254,7 @@ at::Tensor LlamaModel::attend(int i, QKV p, Context& ctx, Hooks& H) {
     at::Tensor edited = H(s.attn_weights, probs);  // [b, n_heads, t, t_total]
     if (!edited.is_same(probs)) o = at::matmul(edited, blocks::repeat_kv(v, c.n_heads / c.n_kv_heads));
   }
-  at::Tensor z = H(s.z, o.transpose(1, 2).reshape({b, t, c.n_heads * c.d_head}));
+  at::Tensor z = H(s.z, o.transpose(1, 2).reshape({b, t, -1}));  // [b, t, n_heads * (value head dim)]
   at::Tensor a = H(s.o, blocks::linear(z, w.o, w.ob));
   return H(s.attn, a);
 }
