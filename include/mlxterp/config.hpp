@@ -30,6 +30,10 @@ struct RopeParams {
   std::optional<double> attention_factor;
   bool truncate = true;                          // round the correction range to whole dimensions (gpt-oss: false)
   std::optional<double> mscale, mscale_all_dim;  // DeepSeek's attention-factor terms
+  // HunYuan's NTK-alpha ("dynamic" with `alpha`): the base is theta * alpha^(rot_dim / (rot_dim - 2)) at every
+  // length; past max_position_embeddings the usual dynamic rule (from theta) takes over, as in HF. Only
+  // hunyuan_v1_dense reads it (HF ignores `alpha` elsewhere).
+  std::optional<double> alpha;
   // longrope (Phi-3)
   std::vector<double> short_factor, long_factor;
   double partial_rotary_factor = 1.0;  // fraction of d_head that is rotated (GPT-NeoX, Phi)

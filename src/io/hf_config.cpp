@@ -2,7 +2,9 @@
 //   4.x: rope_theta + rope_scaling {rope_type|type, factor, ...}
 //   5.x: rope_parameters {rope_type, rope_theta, factor, ...}, or per layer type
 //        {"full_attention": {...}, "sliding_attention": {...}} (Gemma 3).
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 
 #include "mlxterp/config.hpp"
 #include "mlxterp/error.hpp"
@@ -80,6 +82,7 @@ static RopeParams parse_rope_block(const json& b, RopeParams base, const std::st
   if (b.contains("mscale") && !b["mscale"].is_null()) base.mscale = json_float(b, "mscale", 1.0, where);
   if (b.contains("mscale_all_dim") && !b["mscale_all_dim"].is_null())
     base.mscale_all_dim = json_float(b, "mscale_all_dim", 1.0, where);
+  if (b.contains("alpha") && !b["alpha"].is_null()) base.alpha = json_float(b, "alpha", 1.0, where);
   auto sf = json_float_list(b, "short_factor", where);
   auto lf = json_float_list(b, "long_factor", where);
   if (!sf.empty()) base.short_factor = sf;
@@ -176,6 +179,9 @@ void ModelConfig::validate(const std::string& where) const {
                   " must be positive; expected > 0, got ", r.factor);
     MLXTERP_CHECK(r.partial_rotary_factor > 0 && r.partial_rotary_factor <= 1, where,
                   ": partial_rotary_factor must be in (0, 1]; got ", r.partial_rotary_factor);
+    if (r.alpha)
+      MLXTERP_CHECK(std::isfinite(*r.alpha) && *r.alpha > 0, where, ": rope alpha", kind == "default" ? "" : " (" + kind + ")",
+                    " must be positive; expected > 0, got ", *r.alpha);
   }
 }
 
@@ -187,6 +193,33 @@ static int64_t first_id(const json& j, const char* key, const std::string& where
     return json_int(first, key, -1, where);
   }
   return json_int(j, key, -1, where);
+}
+
+// Llama relatives (src/models/llama_kin.cpp): their config classes' own defaults and field names.
+static void llama_kin_fields(ModelConfig& c, const json& t, bool rotary_factor_given, const std::string& where) {
+  const std::string& m = c.model_type;
+  // HF's `alpha` (NTK-alpha rotary base) is HunYuan's alone.
+  if (m != "hunyuan_v1_dense")
+    for (auto& [kind, r] : c.rope) r.alpha.reset();
+  static const char* kin[] = {"arcee", "seed_oss", "ministral", "helium", "ernie4_5", "hunyuan_v1_dense", "nemotron",
+                              "apertus"};
+  if (std::find(std::begin(kin), std::end(kin), m) == std::end(kin)) return;
+  // Their config classes default to untied embeddings, except ERNIE 4.5 (tied, the parser's default).
+  if (m != "ernie4_5" && !t.contains("tie_word_embeddings") && !c.raw.contains("tie_word_embeddings"))
+    c.tie_word_embeddings = false;
+  // head_dim defaults to 128 (not hidden_size / heads) in these classes; an explicit null means hidden / heads.
+  if ((m == "seed_oss" || m == "helium" || m == "ernie4_5") && !t.contains("head_dim")) c.d_head = 128;
+  if (m == "seed_oss") c.attention_bias = json_bool(t, "attention_bias", true, where);
+  if (m == "ernie4_5") c.attention_bias = c.mlp_bias = json_bool(t, "use_bias", false, where);
+  // Ministral's q/k/v and MLP, HunYuan's and Apertus's MLP have no bias whatever the config says.
+  if (m == "ministral") c.attention_bias = false;
+  if (m == "ministral" || m == "hunyuan_v1_dense" || m == "apertus") c.mlp_bias = false;
+  c.qk_norm = c.qk_norm || m == "hunyuan_v1_dense" || m == "apertus";
+  if (m == "nemotron") {
+    c.norm_eps = json_float(t, "norm_eps", 1e-5, where);  // transformers also writes an unused rms_norm_eps
+    if (!rotary_factor_given)
+      for (auto& [kind, r] : c.rope) r.partial_rotary_factor = 0.5;  // NemotronConfig's default
+  }
 }
 
 ModelConfig parse_hf_config(const json& j, const std::string& where) {
@@ -399,6 +432,7 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
       }
     }
   }
+  llama_kin_fields(c, t, has_rotary_factor(), where);
   c.bos_token_id = first_id(t, "bos_token_id", where);
   c.eos_token_id = first_id(t, "eos_token_id", where);
   c.pad_token_id = first_id(t, "pad_token_id", where);
@@ -433,6 +467,7 @@ json ModelConfig::to_hf_json() const {
       b["original_max_position_embeddings"] = r.original_max_position_embeddings;
     }
     if (r.partial_rotary_factor != 1.0) b["partial_rotary_factor"] = r.partial_rotary_factor;
+    if (r.alpha) b["alpha"] = *r.alpha;
     return b;
   };
   if (rope.size() == 1) {

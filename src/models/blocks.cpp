@@ -33,8 +33,17 @@ at::Tensor activation(const std::string& name, const at::Tensor& x) {
   if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast" || name == "gelu_python_tanh")
     return at::gelu(x, "tanh");
   if (name == "relu") return at::relu(x);
+  if (name == "relu2") return at::square(at::relu(x));  // HF ReLUSquaredActivation (Arcee, Nemotron)
   MLXTERP_FAIL("config: unsupported activation '", name,
-               "'; expected silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast or relu");
+               "'; expected silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu or relu2");
+}
+
+at::Tensor xielu(const at::Tensor& x, const at::Tensor& alpha_p, const at::Tensor& alpha_n, const at::Tensor& beta,
+                 const at::Tensor& eps) {
+  // HF XIELUActivation._xielu_python, op for op (same order, same dtype promotion).
+  const at::Tensor ap = at::softplus(alpha_p);         // [1]
+  const at::Tensor an = beta + at::softplus(alpha_n);  // [1]
+  return at::where(x > 0, ap * x * x + beta * x, (at::expm1(at::minimum(x, eps)) - x) * an + beta * x);
 }
 
 at::Tensor gated_activation(const std::string& name, const at::Tensor& gate, const at::Tensor& up) {
@@ -112,6 +121,13 @@ Rope make_rope(const RopeParams& p, int64_t d_head, int64_t n_ctx) {
                   p.short_factor.size(), " entries; expected rotary_dim/2 = ", dim / 2);
     at::Tensor sf = at::tensor(std::vector<float>(p.short_factor.begin(), p.short_factor.end()));
     inv = inv / sf;
+  }
+  if (p.type == "dynamic" && p.alpha) {  // HunYuan's NTK-alpha: a larger base from the start (attention_scaling 1)
+    MLXTERP_CHECK(p.partial_rotary_factor == 1.0, "config: rope alpha with partial_rotary_factor is not supported; "
+                  "expected 1.0 (HF's alpha rotary spans the whole head), got ", p.partial_rotary_factor);
+    MLXTERP_CHECK(dim > 2, "config: rope alpha needs more than 2 rotated dimensions; got ", dim);
+    const double base = p.theta * std::pow(*p.alpha, double(dim) / double(dim - 2));
+    inv = 1.0 / at::pow(at::scalar_tensor(base, at::kFloat), idx / double(dim));
   }
   // "dynamic" is applied per sequence length in rope_cos_sin; "default" needs nothing.
   if (!p.freq_factors.empty()) {

@@ -22,8 +22,14 @@ at::Tensor rms_norm_weight_f32(const at::Tensor& x, const at::Tensor& w, double 
 // LayerNorm with optional bias (GPT-2, NeoX).
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps);
 
-// Activation by HF name: silu/swish, gelu, gelu_new / gelu_pytorch_tanh (tanh approximation), relu, gelu_fast.
+// Activation by HF name: silu/swish, gelu, gelu_new / gelu_pytorch_tanh (tanh approximation), relu, gelu_fast,
+// relu2 (relu(x)^2).
 at::Tensor activation(const std::string& name, const at::Tensor& x);
+// xIELU (Apertus) with its learned parameters as HF stores them: alpha_p, alpha_n [1] (pre-softplus), beta and
+// eps scalars [] (buffers, 0.5 and -1e-6 by default). With ap = softplus(alpha_p), an = beta + softplus(alpha_n):
+// x > 0: ap x^2 + beta x;  x <= 0: (expm1(min(x, eps)) - x) an + beta x.  x: [...]
+at::Tensor xielu(const at::Tensor& x, const at::Tensor& alpha_p, const at::Tensor& alpha_n, const at::Tensor& beta,
+                 const at::Tensor& eps);
 // activation(name, gate) * up (gated MLPs), fused into one kernel for SiLU on bf16 CUDA tensors.
 at::Tensor gated_activation(const std::string& name, const at::Tensor& gate, const at::Tensor& up);
 

@@ -1,5 +1,7 @@
 #include "models/llama.hpp"
 
+#include <tuple>
+
 #include "mlxterp/error.hpp"
 
 namespace mlxterp {
@@ -218,6 +220,14 @@ LlamaModel::QKV LlamaModel::qkv(int i, const at::Tensor& h, Context& ctx, Hooks&
   return {q, k, v};
 }
 
+std::pair<at::Tensor, at::Tensor> LlamaModel::rotate(int i, const at::Tensor& q, const at::Tensor& k, Context& ctx) const {
+  const std::string& kind = config_.layer_types[i];
+  auto cs = ctx.cos_sin.find(kind);
+  if (cs == ctx.cos_sin.end()) cs = ctx.cos_sin.emplace(kind, blocks::rope_cos_sin(ropes_[i], ctx.positions)).first;
+  const auto rope = ropes_[i].interleaved ? blocks::apply_rope_interleaved : blocks::apply_rope;
+  return {rope(q, cs->second.first, cs->second.second), rope(k, cs->second.first, cs->second.second)};
+}
+
 at::Tensor LlamaModel::attend(int i, QKV p, Context& ctx, Hooks& H) {
   const LayerSites& s = ls_[i];
   const LayerWeights& w = lw_[i];
@@ -226,14 +236,7 @@ at::Tensor LlamaModel::attend(int i, QKV p, Context& ctx, Hooks& H) {
   at::Tensor q = p.q.transpose(1, 2);  // [b, n_heads, t, d_head]
   at::Tensor k = p.k.transpose(1, 2);  // [b, n_kv, t, d_head]
   at::Tensor v = p.v.transpose(1, 2);
-  if (!ropes_.empty() && !(size_t(i) < no_rope_.size() && no_rope_[size_t(i)])) {
-    const std::string& kind = c.layer_types[i];
-    auto cs = ctx.cos_sin.find(kind);
-    if (cs == ctx.cos_sin.end()) cs = ctx.cos_sin.emplace(kind, blocks::rope_cos_sin(ropes_[i], ctx.positions)).first;
-    const auto rope = ropes_[i].interleaved ? blocks::apply_rope_interleaved : blocks::apply_rope;
-    q = rope(q, cs->second.first, cs->second.second);
-    k = rope(k, cs->second.first, cs->second.second);
-  }
+  if (!ropes_.empty() && !(size_t(i) < no_rope_.size() && no_rope_[size_t(i)])) std::tie(q, k) = rotate(i, q, k, ctx);
   if (ctx.cache) {
     auto& ck = ctx.cache->k[i];
     auto& cv = ctx.cache->v[i];

@@ -3,6 +3,7 @@
 // LlamaModel and override the pieces that differ (norm, MLP, attention options, embedding scale).
 #pragma once
 
+#include <utility>
 #include <vector>
 
 #include "mlxterp/model.hpp"
@@ -69,9 +70,12 @@ class LlamaModel : public Model {
     at::Tensor q, k, v;
   };
   virtual QKV qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H);
-  // The rest of attention_block: RoPE (skipped when ropes_ is empty), KV cache, mask, attention
+  // The rest of attention_block: RoPE (skipped when ropes_ is empty or no_rope_[i]), KV cache, mask, attention
   // (weights site), z, o_proj and the block's attention site.
   at::Tensor attend(int i, QKV p, Context& ctx, Hooks& H);
+  // Layer i's rotary embedding on q [b, n_heads, t, d_head] and k [b, n_kv, t, d_head] (cos/sin cached in ctx
+  // per layer type), in the rope's convention. Returns the rotated {q, k}.
+  std::pair<at::Tensor, at::Tensor> rotate(int i, const at::Tensor& q, const at::Tensor& k, Context& ctx) const;
   // Embedding sites at the start of forward (GPT-2 adds learned positions here).
   virtual at::Tensor embed_block(const at::Tensor& tok, Context& ctx, Hooks& H);
   virtual at::Tensor mlp_block(int i, const at::Tensor& h, Hooks& H);
