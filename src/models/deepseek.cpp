@@ -1,4 +1,5 @@
-// DeepSeek-V3 (and models built on it), matched to Hugging Face transformers' DeepseekV3ForCausalLM.
+// DeepSeek-V3 (and models built on it) and DeepSeek-V2, matched to Hugging Face transformers'
+// DeepseekV3ForCausalLM / DeepseekV2ForCausalLM.
 //
 // Multi-head latent attention (MLA), per block, h [b, t, d]:
 //   q = q_b(RMSNorm(q_a(h))) when q_lora_rank is set, else q_proj(h)   [b, t, H (nope + rope)]
@@ -20,6 +21,10 @@
 //   sum_e weights_e * expert_e(h)                                   sites mlp.experts.{e}, mlp.switch_mlp
 //   + shared_experts(h) (one SwiGLU MLP of n_shared_experts * moe_intermediate_size)
 //                                                                   site mlp.shared_expert, then mlp
+// DeepSeek-V2 differs only in the router: scores = softmax(logits) over all experts, the top k chosen directly
+// (topk_method "greedy", V2-Lite) or within the topk_group groups holding the best single scores
+// ("group_limited_greedy"); weights = those scores * routed_scaling_factor, never renormalised, no bias; and its
+// rotary always pairs adjacent dimensions.
 // The checkpoint's multi-token-prediction layers (model.layers.{n} and up) are not part of the model and are
 // dropped at load, as HF does.
 #include <cmath>
@@ -54,7 +59,8 @@ class DeepseekModel : public MoeFamilyModel {
   DeepseekModel(const ModelConfig& c, TensorMap w)
       : MoeFamilyModel(c, without_mtp_layers(std::move(w), c.n_layers)) {
     const auto& t = text_config();
-    const std::string where = "config (deepseek_v3)";
+    v2_ = config_.model_type == "deepseek_v2";
+    const std::string where = "config (" + config_.model_type + ")";
     auto rank = [&](const char* key) -> int64_t {  // null = no low-rank pair
       return t.contains(key) && !t[key].is_null() ? json_int(t, key, 0, where) : 0;
     };
@@ -76,13 +82,21 @@ class DeepseekModel : public MoeFamilyModel {
     d_shared_ = json_int(t, "n_shared_experts", 0, where) * d_expert_;
     normalize_ = json_bool(t, "norm_topk_prob", true, where);
     scaling_factor_ = json_float(t, "routed_scaling_factor", 1.0, where);
-    interleave_ = json_bool(t, "rope_interleave", true, where);
+    interleave_ = v2_ || json_bool(t, "rope_interleave", true, where);
+    if (v2_) {
+      const std::string method = json_string(t, "topk_method", "greedy", where);
+      MLXTERP_CHECK(method == "greedy" || method == "group_limited_greedy", where, ": topk_method '", method,
+                    "' is not supported; expected \"greedy\" or \"group_limited_greedy\"");
+      if (method == "greedy") n_group_ = topk_group_ = 1;
+      normalize_ = false;  // HF's V2 router never renormalises
+      MLXTERP_CHECK(!json_bool(t, "mlp_bias", false, where), where, ": mlp_bias is not supported; expected false");
+    }
     MLXTERP_CHECK(n_experts_ > 0 || n_dense_ >= config_.n_layers, where, ": n_routed_experts must be > 0, got ",
                   n_experts_);
     if (n_experts_ > 0) {
       MLXTERP_CHECK(top_k_ >= 1 && top_k_ <= n_experts_, where, ": num_experts_per_tok must be in 1 .. ", n_experts_,
                     ", got ", top_k_);
-      MLXTERP_CHECK(n_group_ >= 1 && n_experts_ % n_group_ == 0 && n_experts_ / n_group_ >= 2, where,
+      MLXTERP_CHECK(n_group_ >= 1 && n_experts_ % n_group_ == 0 && n_experts_ / n_group_ >= (v2_ ? 1 : 2), where,
                     ": n_group must divide n_routed_experts into groups of at least 2; got n_group ", n_group_,
                     " for ", n_experts_, " experts");
       MLXTERP_CHECK(topk_group_ >= 1 && topk_group_ <= n_group_ && top_k_ <= topk_group_ * (n_experts_ / n_group_),
@@ -202,7 +216,7 @@ class DeepseekModel : public MoeFamilyModel {
     if (!sparse(i)) return;
     for (const char* n : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) out.erase(m + n);
     out[m + "gate.weight"] = {n_experts_, d};
-    out[m + "gate.e_score_correction_bias"] = {n_experts_};
+    if (!v2_) out[m + "gate.e_score_correction_bias"] = {n_experts_};
     for (int64_t e = 0; e < n_experts_; ++e) {
       const std::string p = m + "experts." + std::to_string(e) + ".";
       out[p + "gate_proj.weight"] = {d_expert_, d};
@@ -262,14 +276,19 @@ class DeepseekModel : public MoeFamilyModel {
     const MoeWeights& w = mw_[i];
     const int64_t E = n_experts_, N = h.size(0) * h.size(1), G = n_group_;
     at::Tensor logits = H(s.router, at::linear(h.to(at::kFloat), w.router.to(at::kFloat)));  // [b, t, E] float32
-    at::Tensor scores = at::sigmoid(logits.reshape({N, E}));
-    at::Tensor choice = scores + aw_[i].e_bias.to(at::kFloat);                             // [N, E]
-    // The topk_group groups whose two best (biased) scores sum highest; the others are out of the choice.
-    at::Tensor group_score = std::get<0>(choice.view({N, G, E / G}).topk(2, -1)).sum(-1);  // [N, G]
-    at::Tensor groups = std::get<1>(group_score.topk(topk_group_, -1));
-    at::Tensor keep = at::zeros({N, G}, choice.options().dtype(at::kBool)).scatter(1, groups, true);
-    choice = choice.masked_fill(keep.unsqueeze(-1).expand({N, G, E / G}).reshape({N, E}).logical_not(),
-                                -std::numeric_limits<float>::infinity());
+    // V3: sigmoid scores, chosen by score + bias among the groups whose two best biased scores sum highest;
+    // V2: softmax scores, chosen among the groups holding the best single scores (all groups when greedy).
+    at::Tensor scores = v2_ ? at::softmax(logits.reshape({N, E}), -1) : at::sigmoid(logits.reshape({N, E}));
+    at::Tensor choice = v2_ ? scores : scores + aw_[i].e_bias.to(at::kFloat);  // [N, E]
+    if (topk_group_ < G) {
+      at::Tensor grouped = choice.view({N, G, E / G});
+      at::Tensor group_score = v2_ ? std::get<0>(grouped.max(-1)) : std::get<0>(grouped.topk(2, -1)).sum(-1);  // [N, G]
+      at::Tensor groups = std::get<1>(group_score.topk(topk_group_, -1));
+      at::Tensor keep = at::zeros({N, G}, choice.options().dtype(at::kBool)).scatter(1, groups, true);
+      // (HF fills the others with 0 for V2's softmax scores and -inf for V3's; both lose to any kept score)
+      choice = choice.masked_fill(keep.unsqueeze(-1).expand({N, G, E / G}).reshape({N, E}).logical_not(),
+                                  v2_ ? 0.0 : -std::numeric_limits<float>::infinity());
+    }
     at::Tensor chosen = std::get<1>(choice.topk(top_k_, -1));  // [N, k]
     at::Tensor top = scores.gather(1, chosen);
     if (normalize_) top = top / (top.sum(-1, true) + 1e-20);
@@ -282,15 +301,19 @@ class DeepseekModel : public MoeFamilyModel {
  private:
   int64_t q_lora_ = 0, kv_lora_ = 0, rope_dim_ = 0, nope_dim_ = 0, v_dim_ = 0;
   int64_t n_group_ = 1, topk_group_ = 1, n_dense_ = 0, d_expert_ = 0, d_shared_ = 0;
-  bool normalize_ = true, interleave_ = true;
+  bool v2_ = false, normalize_ = true, interleave_ = true;
   double scaling_factor_ = 1.0, scale_ = 1.0;
   std::vector<MlaSites> as_;
   std::vector<MlaWeights> aw_;
 };
 
-const bool registered = register_architecture("deepseek_v3", [](const ModelConfig& c, TensorMap w) -> std::unique_ptr<Model> {
-  return std::make_unique<DeepseekModel>(c, std::move(w));
-});
+const bool registered = [] {
+  for (const char* a : {"deepseek_v3", "deepseek_v2"})
+    register_architecture(a, [](const ModelConfig& c, TensorMap w) -> std::unique_ptr<Model> {
+      return std::make_unique<DeepseekModel>(c, std::move(w));
+    });
+  return true;
+}();
 
 }  // namespace
 }  // namespace mlxterp

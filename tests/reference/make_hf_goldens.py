@@ -266,6 +266,20 @@ def variants():
         v_head_dim=8, qk_nope_head_dim=16, n_group=1, topk_group=1, num_experts_per_tok=3, first_k_dense_replace=0,
         norm_topk_prob=False, rope_interleave=False,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    # DeepSeek-V2: the same latent attention; softmax-scored experts chosen greedily ("greedy", V2-Lite) or
+    # within the groups holding the best single scores ("group_limited_greedy", V2), scaled, not renormalised.
+    v["deepseek_v2"] = ("DeepseekV2Config", base(
+        num_hidden_layers=3, num_key_value_heads=4, intermediate_size=64, moe_intermediate_size=16, n_shared_experts=1,
+        n_routed_experts=8, routed_scaling_factor=2.0, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8,
+        v_head_dim=12, qk_nope_head_dim=8, topk_method="group_limited_greedy", n_group=4, topk_group=2,
+        num_experts_per_tok=3, first_k_dense_replace=1, norm_topk_prob=False,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+                         "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}))
+    v["deepseek_v2_lite"] = ("DeepseekV2Config", base(
+        num_hidden_layers=2, num_key_value_heads=4, intermediate_size=64, moe_intermediate_size=16, n_shared_experts=2,
+        n_routed_experts=8, routed_scaling_factor=1.0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+        v_head_dim=8, qk_nope_head_dim=16, topk_method="greedy", n_group=1, topk_group=1, num_experts_per_tok=3,
+        first_k_dense_replace=1, norm_topk_prob=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
     return v
 
 

@@ -1,6 +1,7 @@
-// DeepSeek-V3 against Hugging Face transformers 5.17: multi-head latent attention (with the low-rank q pair and
+// DeepSeek-V3 and V2 against Hugging Face transformers 5.17: multi-head latent attention (with the low-rank q pair and
 // interleaved YaRN rotary with its mscale terms; and with a plain q_proj and rotate_half rotary), a dense first
-// layer, and sigmoid-scored experts chosen within the best groups, renormalised and scaled, plus shared experts.
+// layer, and sigmoid-scored experts chosen within the best groups, renormalised and scaled, plus shared experts;
+// V2's softmax-scored experts, greedy (V2-Lite) or group-limited.
 #include "hf_golden.hpp"
 #include "mlxterp/error.hpp"
 
@@ -44,7 +45,8 @@ TEST_P(HFDeepseek, ExpertChoiceMatchesHF) {
   EXPECT_GT(checked, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, HFDeepseek, ::testing::Values("deepseek_v3", "deepseek_v3_noq"));
+INSTANTIATE_TEST_SUITE_P(Golden, HFDeepseek,
+                         ::testing::Values("deepseek_v3", "deepseek_v3_noq", "deepseek_v2", "deepseek_v2_lite"));
 
 // The correction bias steers the choice (not the weights): without it other experts are chosen.
 TEST(HFDeepseekSites, CorrectionBiasChangesTheChoice) {
@@ -58,13 +60,16 @@ TEST(HFDeepseekSites, CorrectionBiasChangesTheChoice) {
   EXPECT_GT(max_abs_diff(m->forward(g.ref.at("input_ids").to(test_device())), g.ref.at("logits")), 1e-3);
 }
 
-// The group limit matters: with every group allowed the choice (and the logits) differ.
+// The group limit matters (V3: groups by their two best biased sigmoid scores; V2: by their best softmax
+// score): with every group allowed the choice (and the logits) differ.
 TEST(HFDeepseekSites, GroupLimitMatters) {
-  auto g = hf::load_golden("deepseek_v3");
-  nlohmann::json j = g.config.raw;
-  j["topk_group"] = j["n_group"];
-  auto m = hf::build(parse_hf_config(j, "config.json"), load_safetensors_model(g.dir));
-  EXPECT_GT(max_abs_diff(m->forward(g.ref.at("input_ids").to(test_device())), g.ref.at("logits")), 1e-3);
+  for (const char* name : {"deepseek_v3", "deepseek_v2"}) {
+    auto g = hf::load_golden(name);
+    nlohmann::json j = g.config.raw;
+    j["topk_group"] = j["n_group"];
+    auto m = hf::build(parse_hf_config(j, "config.json"), load_safetensors_model(g.dir));
+    EXPECT_GT(max_abs_diff(m->forward(g.ref.at("input_ids").to(test_device())), g.ref.at("logits")), 1e-3) << name;
+  }
 }
 
 // MLA's sites exist in execution order with their shapes; q_b_proj is the q_proj site; the values have
@@ -115,6 +120,12 @@ TEST(HFDeepseekSites, BadConfigsAreRefused) {
   EXPECT_NE(err("num_experts_per_tok", 9).find("num_experts_per_tok must be in 1 .. 8"), std::string::npos);
   EXPECT_NE(err("moe_layer_freq", 2).find("moe_layer_freq 2 is not supported"), std::string::npos);
   EXPECT_NE(err("qk_rope_head_dim", 7).find("qk_rope_head_dim must be even"), std::string::npos);
+  auto v2 = hf::load_golden("deepseek_v2");
+  nlohmann::json j = v2.config.raw;
+  j["topk_method"] = "noaux_tc";
+  EXPECT_NE(error_of([&] { hf::build(parse_hf_config(j, "config.json"), load_safetensors_model(v2.dir)); })
+                .find("topk_method 'noaux_tc' is not supported"),
+            std::string::npos);
 }
 
 }  // namespace
