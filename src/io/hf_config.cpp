@@ -285,7 +285,8 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   c.attention_bias = json_bool(t, "attention_bias", c.model_type == "qwen2" || c.model_type == "qwen2_moe", where);
   c.mlp_bias = json_bool(t, "mlp_bias", false, where);
   c.qk_norm = c.model_type == "qwen3" || c.model_type == "qwen3_moe" || c.model_type == "gemma3" ||
-              c.model_type == "gemma3_text" || c.model_type == "olmo2" || c.model_type == "olmoe";
+              c.model_type == "gemma3_text" || c.model_type == "olmo2" || c.model_type == "olmoe" ||
+              c.model_type == "dots1" || (c.model_type == "glm4_moe" && json_bool(t, "use_qk_norm", false, where));
   // Sliding windows: Mistral/Gemma use `sliding_window`; Qwen2 only with use_sliding_window=true.
   if (t.contains("sliding_window") && !t["sliding_window"].is_null()) {
     bool use = json_bool(t, "use_sliding_window", c.model_type.rfind("qwen", 0) != 0, where);
@@ -341,7 +342,7 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
         kind = (c.sliding_window && (i + 1) % pattern != 0) ? "sliding_attention" : "full_attention";
       }
       if (c.model_type == "olmo3") kind = (i + 1) % 4 != 0 ? "sliding_attention" : "full_attention";  // Olmo3Config
-      if (c.model_type == "qwen2" || c.model_type == "qwen2_moe" || c.model_type == "qwen3") {
+      if (c.model_type == "qwen2" || c.model_type == "qwen2_moe" || c.model_type == "qwen3" || c.model_type == "dots1") {
         int64_t max_window_layers = json_int(t, "max_window_layers", c.n_layers, where);
         kind = (c.sliding_window && i >= max_window_layers) ? "sliding_attention" : "full_attention";
       }

@@ -25,6 +25,8 @@
 // (topk_method "greedy", V2-Lite) or within the topk_group groups holding the best single scores
 // ("group_limited_greedy"); weights = those scores * routed_scaling_factor, never renormalised, no bias; and its
 // rotary always pairs adjacent dimensions.
+// GLM-4.5 (glm4_moe: q/k/v bias, optional per-head q/k RMSNorm, partial rotary) and dots.llm1 (dots1: Qwen3
+// attention) put V3's router and shared experts behind standard attention, which LlamaModel provides.
 // The checkpoint's multi-token-prediction layers (model.layers.{n} and up) are not part of the model and are
 // dropped at load, as HF does.
 #include <cmath>
@@ -60,7 +62,13 @@ class DeepseekModel : public MoeFamilyModel {
       : MoeFamilyModel(c, without_mtp_layers(std::move(w), c.n_layers)) {
     const auto& t = text_config();
     v2_ = config_.model_type == "deepseek_v2";
+    mla_ = v2_ || config_.model_type == "deepseek_v3";
     const std::string where = "config (" + config_.model_type + ")";
+    parse_moe(t, where);
+    if (!mla_) {
+      init();
+      return;
+    }
     auto rank = [&](const char* key) -> int64_t {  // null = no low-rank pair
       return t.contains(key) && !t[key].is_null() ? json_int(t, key, 0, where) : 0;
     };
@@ -73,6 +81,23 @@ class DeepseekModel : public MoeFamilyModel {
                            {"qk_nope_head_dim", nope_dim_}, {"v_head_dim", v_dim_}})
       MLXTERP_CHECK(v > 0, where, ": ", name, " must be > 0, got ", v);
     MLXTERP_CHECK(rope_dim_ % 2 == 0, where, ": qk_rope_head_dim must be even, got ", rope_dim_);
+    interleave_ = v2_ || json_bool(t, "rope_interleave", true, where);
+    // The rotary covers the rope part of each head; the softmax scale is that of the whole q/k head, times
+    // YaRN's mscale(all_dim)^2 when the rope scales.
+    config_.d_head = rope_dim_;
+    const RopeParams& rp = config_.rope_for_layer(0);
+    scale_ = 1.0 / std::sqrt(double(nope_dim_ + rope_dim_));
+    if (rp.type != "default" && rp.mscale_all_dim && *rp.mscale_all_dim != 0) {
+      const double m = yarn_mscale(rp.factor, *rp.mscale_all_dim);
+      scale_ *= m * m;
+    }
+    init();
+    no_rope_.assign(size_t(config_.n_layers), 1);  // qkv() rotates the rope parts itself
+  }
+
+ protected:
+  // The experts' configuration (every family here).
+  void parse_moe(const nlohmann::json& t, const std::string& where) {
     n_experts_ = json_int(t, "n_routed_experts", 0, where);
     top_k_ = json_int(t, "num_experts_per_tok", 8, where);
     n_group_ = json_int(t, "n_group", 1, where);
@@ -82,7 +107,6 @@ class DeepseekModel : public MoeFamilyModel {
     d_shared_ = json_int(t, "n_shared_experts", 0, where) * d_expert_;
     normalize_ = json_bool(t, "norm_topk_prob", true, where);
     scaling_factor_ = json_float(t, "routed_scaling_factor", 1.0, where);
-    interleave_ = v2_ || json_bool(t, "rope_interleave", true, where);
     if (v2_) {
       const std::string method = json_string(t, "topk_method", "greedy", where);
       MLXTERP_CHECK(method == "greedy" || method == "group_limited_greedy", where, ": topk_method '", method,
@@ -105,20 +129,8 @@ class DeepseekModel : public MoeFamilyModel {
     }
     const int64_t freq = json_int(t, "moe_layer_freq", 1, where);
     MLXTERP_CHECK(freq == 1, where, ": moe_layer_freq ", freq, " is not supported; expected 1");
-    // The rotary covers the rope part of each head; the softmax scale is that of the whole q/k head, times
-    // YaRN's mscale(all_dim)^2 when the rope scales.
-    config_.d_head = rope_dim_;
-    const RopeParams& rp = config_.rope_for_layer(0);
-    scale_ = 1.0 / std::sqrt(double(nope_dim_ + rope_dim_));
-    if (rp.type != "default" && rp.mscale_all_dim && *rp.mscale_all_dim != 0) {
-      const double m = yarn_mscale(rp.factor, *rp.mscale_all_dim);
-      scale_ *= m * m;
-    }
-    init();
-    no_rope_.assign(size_t(config_.n_layers), 1);  // qkv() rotates the rope parts itself
   }
 
- protected:
   struct MlaSites {
     int q_a = -1, q_a_norm = -1, kv_a = -1, kv_a_norm = -1, kv_b = -1;
   };
@@ -142,9 +154,11 @@ class DeepseekModel : public MoeFamilyModel {
         a.q_a = add_site(i, "self_attn.q_a_proj");
         a.q_a_norm = add_site(i, "self_attn.q_a_layernorm");
       }
-      a.kv_a = add_site(i, "self_attn.kv_a_proj_with_mqa");
-      a.kv_a_norm = add_site(i, "self_attn.kv_a_layernorm");
-      a.kv_b = add_site(i, "self_attn.kv_b_proj");
+      if (mla_) {
+        a.kv_a = add_site(i, "self_attn.kv_a_proj_with_mqa");
+        a.kv_a_norm = add_site(i, "self_attn.kv_a_layernorm");
+        a.kv_b = add_site(i, "self_attn.kv_b_proj");
+      }
       add_attention_sites(i, l, /*fused_qkv=*/false);
       l.resid_mid = add_site(i, "resid_mid");
       l.post_norm = add_site(i, "post_attention_layernorm");
@@ -193,26 +207,9 @@ class DeepseekModel : public MoeFamilyModel {
 
   void add_layer_expected(int i, std::map<std::string, std::vector<int64_t>>& out) const override {
     LlamaModel::add_layer_expected(i, out);
-    const auto& c = config_;
-    const int64_t d = c.d_model, H = c.n_heads, qk = nope_dim_ + rope_dim_;
+    const int64_t d = config_.d_model;
     const std::string a = layer_prefix(i) + ".self_attn.", m = layer_prefix(i) + ".mlp.";
-    for (const char* n : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "q_proj.bias",
-                          "k_proj.bias", "v_proj.bias", "o_proj.bias"})
-      out.erase(a + n);
-    if (q_lora_ > 0) {
-      out[a + "q_a_proj.weight"] = {q_lora_, d};
-      if (c.attention_bias) out[a + "q_a_proj.bias"] = {q_lora_};
-      out[a + "q_a_layernorm.weight"] = {q_lora_};
-      out[a + "q_b_proj.weight"] = {H * qk, q_lora_};
-    } else {
-      out[a + "q_proj.weight"] = {H * qk, d};
-    }
-    out[a + "kv_a_proj_with_mqa.weight"] = {kv_lora_ + rope_dim_, d};
-    if (c.attention_bias) out[a + "kv_a_proj_with_mqa.bias"] = {kv_lora_ + rope_dim_};
-    out[a + "kv_a_layernorm.weight"] = {kv_lora_};
-    out[a + "kv_b_proj.weight"] = {H * (nope_dim_ + v_dim_), kv_lora_};
-    out[a + "o_proj.weight"] = {d, H * v_dim_};
-    if (c.attention_bias) out[a + "o_proj.bias"] = {d};
+    if (mla_) add_mla_expected(a, out);
     if (!sparse(i)) return;
     for (const char* n : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) out.erase(m + n);
     out[m + "gate.weight"] = {n_experts_, d};
@@ -230,7 +227,31 @@ class DeepseekModel : public MoeFamilyModel {
     }
   }
 
-  blocks::AttentionOptions attention_options(int) const override {
+  // The latent attention's weights, instead of Llama's q/k/v/o.
+  void add_mla_expected(const std::string& a, std::map<std::string, std::vector<int64_t>>& out) const {
+    const auto& c = config_;
+    const int64_t d = c.d_model, H = c.n_heads, qk = nope_dim_ + rope_dim_;
+    for (const char* n : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "q_proj.bias",
+                          "k_proj.bias", "v_proj.bias", "o_proj.bias"})
+      out.erase(a + n);
+    if (q_lora_ > 0) {
+      out[a + "q_a_proj.weight"] = {q_lora_, d};
+      if (c.attention_bias) out[a + "q_a_proj.bias"] = {q_lora_};
+      out[a + "q_a_layernorm.weight"] = {q_lora_};
+      out[a + "q_b_proj.weight"] = {H * qk, q_lora_};
+    } else {
+      out[a + "q_proj.weight"] = {H * qk, d};
+    }
+    out[a + "kv_a_proj_with_mqa.weight"] = {kv_lora_ + rope_dim_, d};
+    if (c.attention_bias) out[a + "kv_a_proj_with_mqa.bias"] = {kv_lora_ + rope_dim_};
+    out[a + "kv_a_layernorm.weight"] = {kv_lora_};
+    out[a + "kv_b_proj.weight"] = {H * (nope_dim_ + v_dim_), kv_lora_};
+    out[a + "o_proj.weight"] = {d, H * v_dim_};
+    if (c.attention_bias) out[a + "o_proj.bias"] = {d};
+  }
+
+  blocks::AttentionOptions attention_options(int i) const override {
+    if (!mla_) return MoeFamilyModel::attention_options(i);
     blocks::AttentionOptions o;
     o.scale = scale_;
     return o;
@@ -249,6 +270,7 @@ class DeepseekModel : public MoeFamilyModel {
   }
 
   QKV qkv(int i, const at::Tensor& h, Context& ctx, Hooks& H) override {
+    if (!mla_) return MoeFamilyModel::qkv(i, h, ctx, H);
     const LayerSites& s = ls_[i];
     const MlaSites& a = as_[i];
     const MlaWeights& w = aw_[i];
@@ -301,14 +323,14 @@ class DeepseekModel : public MoeFamilyModel {
  private:
   int64_t q_lora_ = 0, kv_lora_ = 0, rope_dim_ = 0, nope_dim_ = 0, v_dim_ = 0;
   int64_t n_group_ = 1, topk_group_ = 1, n_dense_ = 0, d_expert_ = 0, d_shared_ = 0;
-  bool v2_ = false, normalize_ = true, interleave_ = true;
+  bool v2_ = false, mla_ = true, normalize_ = true, interleave_ = true;
   double scaling_factor_ = 1.0, scale_ = 1.0;
   std::vector<MlaSites> as_;
   std::vector<MlaWeights> aw_;
 };
 
 const bool registered = [] {
-  for (const char* a : {"deepseek_v3", "deepseek_v2"})
+  for (const char* a : {"deepseek_v3", "deepseek_v2", "glm4_moe", "dots1"})
     register_architecture(a, [](const ModelConfig& c, TensorMap w) -> std::unique_ptr<Model> {
       return std::make_unique<DeepseekModel>(c, std::move(w));
     });

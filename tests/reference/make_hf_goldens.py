@@ -280,6 +280,18 @@ def variants():
         n_routed_experts=8, routed_scaling_factor=1.0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
         v_head_dim=8, qk_nope_head_dim=16, topk_method="greedy", n_group=1, topk_group=1, num_experts_per_tok=3,
         first_k_dense_replace=1, norm_topk_prob=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    # DeepSeek-V3's router and shared experts on other attention: GLM-4.5 (glm4_moe: q/k/v bias, per-head q/k
+    # RMSNorm, partial rotate_half rotary) and dots.llm1 (dots1: Qwen3 attention).
+    v["glm4_moe"] = ("Glm4MoeConfig", base(
+        head_dim=8, num_hidden_layers=3, intermediate_size=64, moe_intermediate_size=16, n_shared_experts=1,
+        n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+        first_k_dense_replace=1, norm_topk_prob=True, use_qk_norm=True, attention_bias=True, partial_rotary_factor=0.5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}))
+    v["dots1"] = ("Dots1Config", base(
+        head_dim=8, num_hidden_layers=3, intermediate_size=64, moe_intermediate_size=16, n_shared_experts=1,
+        n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+        first_k_dense_replace=1, norm_topk_prob=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
     return v
 
 

@@ -18,8 +18,9 @@ TEST_P(HFDeepseek, PaddedBatchMatchesOnRealTokens) { hf::check_padded(GetParam()
 TEST_P(HFDeepseek, GreedyGenerationMatchesHF) { hf::check_generate(GetParam()); }
 // 3% of the logit range: HF's own bf16 run of deepseek_v3 is 0.081 (2.1% of the range 3.93) from its fp32
 // logits on tokens that route alike, so 2% cannot be met; the low-rank chains (q_a -> norm -> q_b, kv_a ->
-// norm -> kv_b) round twice more than a Llama block.
-TEST_P(HFDeepseek, Bf16WithinStatedBound) { hf::check_bf16(GetParam(), 0.03); }
+// norm -> kv_b) round twice more than a Llama block. dots1: 6%, HF's own bf16 logits are up to 0.200 (5.7% of
+// the range 3.53) from its fp32 ones on such tokens (ours stay within 3% of HF's bf16 run).
+TEST_P(HFDeepseek, Bf16WithinStatedBound) { hf::check_bf16(GetParam(), GetParam() == "dots1" ? 0.06 : 0.03); }
 
 // The experts HF's router chose (by biased sigmoid scores within the best groups, not by the top logits) are
 // the nonzeros of our routing weights, and our router logits are HF's.
@@ -46,7 +47,29 @@ TEST_P(HFDeepseek, ExpertChoiceMatchesHF) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, HFDeepseek,
-                         ::testing::Values("deepseek_v3", "deepseek_v3_noq", "deepseek_v2", "deepseek_v2_lite"));
+                         ::testing::Values("deepseek_v3", "deepseek_v3_noq", "deepseek_v2", "deepseek_v2_lite", "glm4_moe",
+                                           "dots1"));
+
+// GLM-4.5's and dots.llm1's attention is the standard one: per-head q/k norm sites, no latent sites; their
+// q/k norms matter.
+TEST(HFDeepseekSites, StandardAttentionFamilies) {
+  for (const char* name : {"glm4_moe", "dots1"}) {
+    auto g = hf::load_golden(name);
+    auto m = hf::build(g);
+    const SiteTable& S = m->sites();
+    EXPECT_GE(S.find("model.layers.0.self_attn.q_norm"), 0) << name;
+    EXPECT_LT(S.find("model.layers.0.self_attn.kv_a_proj_with_mqa"), 0) << name;
+    EXPECT_GE(S.find("model.layers.1.mlp.routing_weights"), 0) << name;
+  }
+  auto g = hf::load_golden("glm4_moe");
+  nlohmann::json j = g.config.raw;
+  j["use_qk_norm"] = false;
+  TensorMap w = load_safetensors_model(g.dir);
+  for (int i = 0; i < 3; ++i)
+    for (const char* n : {".self_attn.q_norm.weight", ".self_attn.k_norm.weight"}) w.erase("model.layers." + std::to_string(i) + n);
+  auto no_norm = hf::build(parse_hf_config(j, "config.json"), std::move(w));
+  EXPECT_GT(max_abs_diff(no_norm->forward(g.ref.at("input_ids").to(test_device())), g.ref.at("logits")), 1e-3);
+}
 
 // The correction bias steers the choice (not the weights): without it other experts are chosen.
 TEST(HFDeepseekSites, CorrectionBiasChangesTheChoice) {
