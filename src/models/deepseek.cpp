@@ -141,15 +141,9 @@ class DeepseekModel : public MoeFamilyModel {
   bool sparse(int i) const { return n_experts_ > 0 && i >= n_dense_; }
 
   void build_sites() override {
-    embed_site_ = add_site(-1, "model.embed_tokens");
-    ls_.assign(config_.n_layers, {});
-    ms_.assign(config_.n_layers, {});
     as_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      MlaSites& a = as_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
+    add_moe_decoder_sites([&](int i) { return sparse(i); }, d_shared_ > 0, false, [&](int i) {
+      MlaSites& a = as_[i];  // the latent attention's own sites, before q/k/v
       if (q_lora_ > 0) {
         a.q_a = add_site(i, "self_attn.q_a_proj");
         a.q_a_norm = add_site(i, "self_attn.q_a_layernorm");
@@ -159,17 +153,7 @@ class DeepseekModel : public MoeFamilyModel {
         a.kv_a_norm = add_site(i, "self_attn.kv_a_layernorm");
         a.kv_b = add_site(i, "self_attn.kv_b_proj");
       }
-      add_attention_sites(i, l, /*fused_qkv=*/false);
-      l.resid_mid = add_site(i, "resid_mid");
-      l.post_norm = add_site(i, "post_attention_layernorm");
-      if (sparse(i))
-        add_moe_sites(i, /*shared_expert=*/d_shared_ > 0, /*shared_gate=*/false);
-      else
-        add_mlp_sites(i, l, Mlp::Gated);
-      l.out = add_site(i, "");
-    }
-    norm_site_ = add_site(-1, "model.norm");
-    head_site_ = add_site(-1, "lm_head");
+    });
     if (q_lora_ > 0) alias_blocks("model.layers.", {{"self_attn.q_b_proj", "self_attn.q_proj"}});
     if (d_shared_ > 0) alias_blocks("model.layers.", {{"mlp.shared_experts", "mlp.shared_expert"}});
     sites_.add_standard_aliases(int(config_.n_layers));

@@ -81,21 +81,7 @@ class GptOssModel : public MoeFamilyModel {
   std::string expert_prefix(int i) const { return layer_prefix(i) + ".mlp.experts."; }
 
   void build_sites() override {
-    embed_site_ = add_site(-1, "model.embed_tokens");
-    ls_.assign(config_.n_layers, {});
-    ms_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/false);
-      l.resid_mid = add_site(i, "resid_mid");
-      l.post_norm = add_site(i, "post_attention_layernorm");
-      add_moe_sites(i, /*shared_expert=*/false, /*shared_gate=*/false);
-      l.out = add_site(i, "");
-    }
-    norm_site_ = add_site(-1, "model.norm");
-    head_site_ = add_site(-1, "lm_head");
+    add_moe_decoder_sites([](int) { return true; }, false, false);
     alias_blocks("model.layers.", {{"mlp.router", "mlp.gate"}});
     sites_.add_standard_aliases(int(config_.n_layers));
   }

@@ -65,21 +65,7 @@ class GraniteModel : public MoeFamilyModel {
       LlamaModel::build_sites();
       return;
     }
-    embed_site_ = add_site(-1, "model.embed_tokens");
-    ls_.assign(config_.n_layers, {});
-    ms_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/false);
-      l.resid_mid = add_site(i, "resid_mid");
-      l.post_norm = add_site(i, "post_attention_layernorm");
-      add_moe_sites(i, /*shared_expert=*/d_shared_ > 0, /*shared_gate=*/false);
-      l.out = add_site(i, "");
-    }
-    norm_site_ = add_site(-1, "model.norm");
-    head_site_ = add_site(-1, "lm_head");
+    add_moe_decoder_sites([](int) { return true; }, d_shared_ > 0, false);
     // HF's modules: block_sparse_moe is the routed experts only (without the shared MLP).
     alias_blocks("model.layers.", {{"block_sparse_moe", d_shared_ > 0 ? "mlp.switch_mlp" : "mlp"},
                                    {"block_sparse_moe.router", "mlp.gate"},

@@ -32,6 +32,29 @@ void MoeFamilyModel::add_moe_sites(int i, bool shared_expert, bool shared_gate) 
   ls_[i].mlp = add_site(i, "mlp");
 }
 
+void MoeFamilyModel::add_moe_decoder_sites(const std::function<bool(int)>& sparse, bool shared_expert, bool shared_gate,
+                                           const std::function<void(int)>& before_attention) {
+  embed_site_ = add_site(-1, "model.embed_tokens");
+  ls_.assign(config_.n_layers, {});
+  ms_.assign(config_.n_layers, {});
+  for (int i = 0; i < config_.n_layers; ++i) {
+    LayerSites& l = ls_[i];
+    l.resid_pre = add_site(i, "resid_pre");
+    l.input_norm = add_site(i, "input_layernorm");
+    if (before_attention) before_attention(i);
+    add_attention_sites(i, l, /*fused_qkv=*/false);
+    l.resid_mid = add_site(i, "resid_mid");
+    l.post_norm = add_site(i, "post_attention_layernorm");
+    if (sparse(i))
+      add_moe_sites(i, shared_expert, shared_gate);
+    else
+      add_mlp_sites(i, l, Mlp::Gated);
+    l.out = add_site(i, "");
+  }
+  norm_site_ = add_site(-1, "model.norm");
+  head_site_ = add_site(-1, "lm_head");
+}
+
 at::Tensor MoeFamilyModel::expert_mlp(const Expert& e, const at::Tensor& x) const {
   return at::linear(blocks::gated_activation(config_.hidden_act, at::linear(x, e.gate), at::linear(x, e.up)), e.down);
 }
@@ -98,25 +121,7 @@ class MoEModel : public MoeFamilyModel {
   }
 
   void build_sites() override {
-    embed_site_ = add_site(-1, "model.embed_tokens");
-    ls_.assign(config_.n_layers, {});
-    ms_.assign(config_.n_layers, {});
-    for (int i = 0; i < config_.n_layers; ++i) {
-      LayerSites& l = ls_[i];
-      l.resid_pre = add_site(i, "resid_pre");
-      l.input_norm = add_site(i, "input_layernorm");
-      add_attention_sites(i, l, /*fused_qkv=*/false);
-      l.resid_mid = add_site(i, "resid_mid");
-      l.post_norm = add_site(i, "post_attention_layernorm");
-      if (!sparse_[i]) {
-        add_mlp_sites(i, l, Mlp::Gated);
-      } else {
-        add_moe_sites(i, /*shared_expert=*/d_shared_ > 0, /*shared_gate=*/d_shared_ > 0);
-      }
-      l.out = add_site(i, "");
-    }
-    norm_site_ = add_site(-1, "model.norm");
-    head_site_ = add_site(-1, "lm_head");
+    add_moe_decoder_sites([&](int i) { return bool(sparse_[i]); }, d_shared_ > 0, d_shared_ > 0);
     if (kind_ == Kind::Mixtral) {
       std::vector<std::pair<std::string, std::string>> map = {{"block_sparse_moe", "mlp"},
                                                               {"block_sparse_moe.gate", "mlp.gate"}};

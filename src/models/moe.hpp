@@ -40,6 +40,12 @@ class MoeFamilyModel : public FamilyModel {
   // (on request), mlp.switch_mlp, [mlp.shared_expert, [mlp.shared_expert_gate]], then mlp (ls_[i].mlp).
   // Needs n_experts_ and ms_ sized to n_layers.
   void add_moe_sites(int i, bool shared_expert, bool shared_gate);
+  // Every site of a Llama-shaped MoE decoder, in execution order: embeddings; per block resid_pre,
+  // input_layernorm, [before_attention(i)], the attention sites, resid_mid, post_attention_layernorm, then
+  // add_moe_sites where sparse(i) (else a dense SwiGLU's sites), the block output; model.norm, lm_head. Sizes
+  // ls_ and ms_. The caller adds its aliases and the standard ones.
+  void add_moe_decoder_sites(const std::function<bool(int)>& sparse, bool shared_expert, bool shared_gate,
+                             const std::function<void(int)>& before_attention = nullptr);
   // act(x gate^T) * (x up^T), then down: x [n, d] -> [n, d].
   at::Tensor expert_mlp(const Expert& e, const at::Tensor& x) const;
   // The routed experts of block i on h [b, t, d]: weights [N = b t, E] (0 for experts not chosen; float32 or

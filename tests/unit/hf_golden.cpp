@@ -25,6 +25,17 @@ std::unique_ptr<Model> build(const ModelConfig& c, TensorMap w, at::ScalarType d
   return m;
 }
 
+at::Tensor logits_with(const Golden& g, const nlohmann::json& j, TensorMap w) {
+  if (w.empty()) w = load_safetensors_model(g.dir);
+  auto m = build(parse_hf_config(j, "config.json"), std::move(w));
+  return m->forward(g.ref.at("input_ids").to(test_device()));
+}
+
+std::string build_error(const Golden& g, const nlohmann::json& j, TensorMap w) {
+  if (w.empty()) w = load_safetensors_model(g.dir);
+  return error_of([&] { build(parse_hf_config(j, "config.json"), std::move(w)); });
+}
+
 std::unique_ptr<Model> build(const Golden& g, at::ScalarType dtype) {
   return build(g.config, load_safetensors_model(g.dir), dtype);
 }

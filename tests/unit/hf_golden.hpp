@@ -22,6 +22,10 @@ Golden load_golden(const std::string& name, const std::string& config_file = "co
 std::unique_ptr<Model> build(const Golden& g, at::ScalarType dtype = at::kFloat);
 // Builds a model from explicit config + weights (e.g. read back from a GGUF).
 std::unique_ptr<Model> build(const ModelConfig& c, TensorMap w, at::ScalarType dtype = at::kFloat);
+// Logits of the golden's weights (or `w`) under the config json `j`, on the golden's input ids; and the error a
+// build under `j` raises ("" if none). For tests that change one config field and show it matters.
+at::Tensor logits_with(const Golden& g, const nlohmann::json& j, TensorMap w = {});
+std::string build_error(const Golden& g, const nlohmann::json& j, TensorMap w = {});
 // Expects |got - want|max < tol (same shapes); returns that error (inf when not comparable).
 double expect_close(const at::Tensor& got, const at::Tensor& want, double tol, const std::string& what);
 

@@ -11,18 +11,6 @@ using namespace mlxterp::test;
 
 namespace {
 
-// Logits of the golden's weights (or `w`) under the config `j`, on the golden's input ids.
-at::Tensor logits_with(const hf::Golden& g, const nlohmann::json& j, TensorMap w = {}) {
-  if (w.empty()) w = load_safetensors_model(g.dir);
-  auto m = hf::build(parse_hf_config(j, "config.json"), std::move(w));
-  return m->forward(g.ref.at("input_ids").to(test_device()));
-}
-
-std::string build_error(const hf::Golden& g, const nlohmann::json& j, TensorMap w = {}) {
-  if (w.empty()) w = load_safetensors_model(g.dir);
-  return error_of([&] { hf::build(parse_hf_config(j, "config.json"), std::move(w)); });
-}
-
 TEST(HFArcee, ForwardMatchesTransformers5Config) { hf::check_forward("arcee", "config.json"); }
 TEST(HFArcee, ForwardMatchesTransformers4Config) { hf::check_forward("arcee", "config_v4.json"); }
 TEST(HFArcee, PaddedBatchMatchesOnRealTokens) { hf::check_padded("arcee"); }
@@ -64,9 +52,9 @@ TEST(HFArceeFeatures, ReluSquaredMlpWithoutGate) {
   EXPECT_GE(h.captured(hid).min().item<double>(), 0.0);  // relu² is never negative
   nlohmann::json j = g.config.raw;
   j["hidden_act"] = "silu";
-  EXPECT_GT(max_abs_diff(logits_with(g, j), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, j), g.ref.at("logits")), 1e-3);
   j["hidden_act"] = "xielu";
-  EXPECT_NE(build_error(g, j).find("unsupported activation 'xielu'"), std::string::npos) << build_error(g, j);
+  EXPECT_NE(hf::build_error(g, j).find("unsupported activation 'xielu'"), std::string::npos) << hf::build_error(g, j);
 }
 
 // Seed-OSS biases q/k/v but not o_proj unless attention_out_bias: the flag asks for the weight, and a nonzero
@@ -75,19 +63,19 @@ TEST(HFSeedOssFeatures, OutputBiasHasItsOwnFlag) {
   auto g = hf::load_golden("seed_oss");
   nlohmann::json j = g.config.raw;
   j["attention_out_bias"] = true;
-  EXPECT_NE(build_error(g, j).find("missing weight 'model.layers.0.self_attn.o_proj.bias'"), std::string::npos)
-      << build_error(g, j);
+  EXPECT_NE(hf::build_error(g, j).find("missing weight 'model.layers.0.self_attn.o_proj.bias'"), std::string::npos)
+      << hf::build_error(g, j);
   TensorMap w = load_safetensors_model(g.dir);
   for (int i = 0; i < 2; ++i) w["model.layers." + std::to_string(i) + ".self_attn.o_proj.bias"] = at::zeros({32});
-  hf::expect_close(logits_with(g, j, w), g.ref.at("logits"), 1e-4, "seed_oss with a zero o_proj bias");
+  hf::expect_close(hf::logits_with(g, j, w), g.ref.at("logits"), 1e-4, "seed_oss with a zero o_proj bias");
   for (int i = 0; i < 2; ++i) w["model.layers." + std::to_string(i) + ".self_attn.o_proj.bias"] = at::full({32}, 0.5);
-  EXPECT_GT(max_abs_diff(logits_with(g, j, w), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, j, w), g.ref.at("logits")), 1e-3);
   // Dropping the q/k/v biases (attention_bias false) leaves weights nothing uses: refused, not ignored.
   j = g.config.raw;
   j["attention_bias"] = false;
-  EXPECT_NE(build_error(g, j).find("unexpected weight"), std::string::npos) << build_error(g, j);
+  EXPECT_NE(hf::build_error(g, j).find("unexpected weight"), std::string::npos) << hf::build_error(g, j);
   j["attention_out_bias"] = "yes";
-  EXPECT_NE(build_error(g, j).find("'attention_out_bias' must be true or false"), std::string::npos);
+  EXPECT_NE(hf::build_error(g, j).find("'attention_out_bias' must be true or false"), std::string::npos);
 }
 
 // Ministral's layer_types choose the window per layer: all-full or all-sliding is another model; a layer type
@@ -96,14 +84,14 @@ TEST(HFMinistralFeatures, LayerTypesPickTheWindow) {
   auto g = hf::load_golden("ministral");
   nlohmann::json j = g.config.raw;
   j["layer_types"] = {"full_attention", "full_attention", "full_attention"};
-  EXPECT_GT(max_abs_diff(logits_with(g, j), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, j), g.ref.at("logits")), 1e-3);
   j["layer_types"] = {"sliding_attention", "sliding_attention", "sliding_attention"};
-  EXPECT_GT(max_abs_diff(logits_with(g, j), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, j), g.ref.at("logits")), 1e-3);
   auto m = hf::build(g);
   EXPECT_TRUE(m->config().is_sliding(0));
   EXPECT_FALSE(m->config().is_sliding(1));
   j["layer_types"] = {"sliding_attention", "chunked_attention", "sliding_attention"};
-  EXPECT_NE(build_error(g, j).find("unsupported layer type 'chunked_attention'"), std::string::npos);
+  EXPECT_NE(hf::build_error(g, j).find("unsupported layer type 'chunked_attention'"), std::string::npos);
 }
 
 // Helium rotates adjacent pairs: the same weights as Seed-OSS (q/k/v bias, no o_proj bias, rotate_half) give
@@ -113,12 +101,12 @@ TEST(HFHeliumFeatures, InterleavedRotary) {
   nlohmann::json j = g.config.raw;
   j["model_type"] = "seed_oss";
   j["attention_out_bias"] = false;
-  EXPECT_GT(max_abs_diff(logits_with(g, j), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, j), g.ref.at("logits")), 1e-3);
   j = g.config.raw;
   j["num_attention_heads"] = 2;
   j["num_key_value_heads"] = 2;
-  EXPECT_NE(build_error(g, j).find("num_attention_heads x head_dim == hidden_size"), std::string::npos)
-      << build_error(g, j);
+  EXPECT_NE(hf::build_error(g, j).find("num_attention_heads x head_dim == hidden_size"), std::string::npos)
+      << hf::build_error(g, j);
 }
 
 // ERNIE 4.5 rotates adjacent pairs: as Llama (same biases: q/k/v/o and MLP, rotate_half) the logits move.
@@ -129,12 +117,12 @@ TEST(HFErnie45Features, InterleavedRotaryAndBiases) {
   j["model_type"] = "llama";
   j["attention_bias"] = true;
   j["mlp_bias"] = true;
-  EXPECT_GT(max_abs_diff(logits_with(g, j), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, j), g.ref.at("logits")), 1e-3);
   j = g.config.raw;
   j.erase("use_bias");
-  EXPECT_NE(build_error(g, j).find("unexpected weight"), std::string::npos);
+  EXPECT_NE(hf::build_error(g, j).find("unexpected weight"), std::string::npos);
   j["use_bias"] = 1;
-  EXPECT_NE(build_error(g, j).find("'use_bias' must be true or false"), std::string::npos) << build_error(g, j);
+  EXPECT_NE(hf::build_error(g, j).find("'use_bias' must be true or false"), std::string::npos) << hf::build_error(g, j);
   // Tied by default (Ernie4_5Config), untied as the golden says.
   j = g.config.raw;
   j.erase("tie_word_embeddings");

@@ -11,17 +11,6 @@ using namespace mlxterp::test;
 
 namespace {
 
-at::Tensor logits_with(const hf::Golden& g, const nlohmann::json& j, TensorMap w = {}) {
-  if (w.empty()) w = load_safetensors_model(g.dir);
-  auto m = hf::build(parse_hf_config(j, "config.json"), std::move(w));
-  return m->forward(g.ref.at("input_ids").to(test_device()));
-}
-
-std::string build_error(const hf::Golden& g, const nlohmann::json& j, TensorMap w = {}) {
-  if (w.empty()) w = load_safetensors_model(g.dir);
-  return error_of([&] { hf::build(parse_hf_config(j, "config.json"), std::move(w)); });
-}
-
 TEST(HFHunYuanDense, ForwardMatchesTransformers5Config) { hf::check_forward("hunyuan_v1_dense", "config.json"); }
 TEST(HFHunYuanDense, ForwardMatchesTransformers4Config) { hf::check_forward("hunyuan_v1_dense", "config_v4.json"); }
 TEST(HFHunYuanDense, PaddedBatchMatchesOnRealTokens) { hf::check_padded("hunyuan_v1_dense"); }
@@ -47,15 +36,15 @@ TEST(HFHunYuanDenseFeatures, AlphaScalesTheRotaryBase) {
   nlohmann::json j = g.config.raw;
   const double d = 8;
   j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 10000.0 * std::pow(1000.0, d / (d - 2))}};
-  hf::expect_close(logits_with(g, j), g.ref.at("logits"), 1e-4, "hunyuan with the alpha base as rope_theta");
+  hf::expect_close(hf::logits_with(g, j), g.ref.at("logits"), 1e-4, "hunyuan with the alpha base as rope_theta");
   j["rope_parameters"] = {{"rope_type", "dynamic"}, {"rope_theta", 10000.0}, {"factor", 1.0}};
-  EXPECT_GT(max_abs_diff(logits_with(g, j), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, j), g.ref.at("logits")), 1e-3);
   j["rope_parameters"] = {{"rope_type", "dynamic"}, {"rope_theta", 10000.0}, {"factor", 1.0}, {"alpha", 0.0}};
-  EXPECT_NE(build_error(g, j).find("rope alpha must be positive"), std::string::npos) << build_error(g, j);
+  EXPECT_NE(hf::build_error(g, j).find("rope alpha must be positive"), std::string::npos) << hf::build_error(g, j);
   j["rope_parameters"] = {{"rope_type", "dynamic"}, {"rope_theta", 10000.0}, {"factor", 1.0}, {"alpha", 1000.0},
                           {"partial_rotary_factor", 0.5}};
-  EXPECT_NE(build_error(g, j).find("rope alpha with partial_rotary_factor is not supported"), std::string::npos)
-      << build_error(g, j);
+  EXPECT_NE(hf::build_error(g, j).find("rope alpha with partial_rotary_factor is not supported"), std::string::npos)
+      << hf::build_error(g, j);
   // Other families ignore alpha, as HF does.
   j = g.config.raw;
   j["model_type"] = "llama";
@@ -81,7 +70,7 @@ TEST(HFHunYuanDenseFeatures, QkNormAfterRotary) {
     w.erase(p + "query_layernorm.weight");
     w.erase(p + "key_layernorm.weight");
   }
-  EXPECT_GT(max_abs_diff(logits_with(g, j, w), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, j, w), g.ref.at("logits")), 1e-3);
 }
 
 // LayerNorm1p: the input_layernorm site is LayerNorm(x) * (w + 1) + b; with w alone it would differ. Half of each
@@ -106,11 +95,11 @@ TEST(HFNemotronFeatures, LayerNorm1pAndPartialRotary) {
   nlohmann::json j = g.config.raw;
   j.erase("partial_rotary_factor");
   j["rope_parameters"].erase("partial_rotary_factor");
-  hf::expect_close(logits_with(g, j), g.ref.at("logits"), 1e-4, "nemotron with the default partial_rotary_factor");
+  hf::expect_close(hf::logits_with(g, j), g.ref.at("logits"), 1e-4, "nemotron with the default partial_rotary_factor");
   j["partial_rotary_factor"] = 1.0;
-  EXPECT_GT(max_abs_diff(logits_with(g, j), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, j), g.ref.at("logits")), 1e-3);
   j["partial_rotary_factor"] = 0.0;
-  EXPECT_NE(build_error(g, j).find("partial_rotary_factor must be in (0, 1]"), std::string::npos) << build_error(g, j);
+  EXPECT_NE(hf::build_error(g, j).find("partial_rotary_factor must be in (0, 1]"), std::string::npos) << hf::build_error(g, j);
 }
 
 // xIELU's learned parameters are per layer and matter; beta and eps default to XIELUActivation's when the
@@ -128,19 +117,19 @@ TEST(HFApertusFeatures, XieluParametersAndNormNames) {
     w.erase("model.layers." + std::to_string(i) + ".mlp.act_fn.beta");
     w.erase("model.layers." + std::to_string(i) + ".mlp.act_fn.eps");
   }
-  hf::expect_close(logits_with(g, g.config.raw, w), g.ref.at("logits"), 1e-4, "apertus with default beta / eps");
+  hf::expect_close(hf::logits_with(g, g.config.raw, w), g.ref.at("logits"), 1e-4, "apertus with default beta / eps");
   w = load_safetensors_model(g.dir);
   w["model.layers.0.mlp.act_fn.alpha_n"] = w.at("model.layers.0.mlp.act_fn.alpha_n") + 1.0;
-  EXPECT_GT(max_abs_diff(logits_with(g, g.config.raw, w), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, g.config.raw, w), g.ref.at("logits")), 1e-3);
   w = load_safetensors_model(g.dir);
   w["model.layers.0.mlp.act_fn.alpha_p"] = w.at("model.layers.0.mlp.act_fn.alpha_p") + 1.0;
-  EXPECT_GT(max_abs_diff(logits_with(g, g.config.raw, w), g.ref.at("logits")), 1e-3);
+  EXPECT_GT(max_abs_diff(hf::logits_with(g, g.config.raw, w), g.ref.at("logits")), 1e-3);
   w.erase("model.layers.1.mlp.act_fn.alpha_p");
-  EXPECT_NE(build_error(g, g.config.raw, w).find("missing weight 'model.layers.1.mlp.act_fn.alpha_p'"), std::string::npos);
+  EXPECT_NE(hf::build_error(g, g.config.raw, w).find("missing weight 'model.layers.1.mlp.act_fn.alpha_p'"), std::string::npos);
   // With another activation the xIELU parameters are unused: refused rather than ignored.
   nlohmann::json j = g.config.raw;
   j["hidden_act"] = "relu2";
-  EXPECT_NE(build_error(g, j).find("unexpected weight"), std::string::npos) << build_error(g, j);
+  EXPECT_NE(hf::build_error(g, j).find("unexpected weight"), std::string::npos) << hf::build_error(g, j);
 }
 
 }  // namespace
