@@ -147,12 +147,15 @@ void check_bf16(const std::string& name, double frac) {
     at::Tensor ours = (rw.reshape({N, -1}) != 0).nonzero().select(1, 1).view({N, -1});  // [N, k] ascending
     keep = keep.logical_and((ours == it->second).all(-1).view({logits.size(0), logits.size(1)}));
   }
+  // HF's own bf16 run can resolve a near tie the other way too (its bf16 routing is not in the golden): a
+  // token whose HF bf16 logits are off HF's fp32 ones by more than the bound is such a token.
+  const double range = want32.abs().max().item<double>();
+  if (k > 0) keep = keep.logical_and((want16 - want32).abs().amax(-1) <= frac * range);
   const int64_t kept = keep.sum().item<int64_t>();
   EXPECT_GE(kept, keep.numel() * 3 / 4) << name << ": too many near-tie tokens for a meaningful check";
   if (kept < keep.numel())
     std::cout << "[ info ] " << name << ": bf16 check on " << kept << " of " << keep.numel()
-              << " tokens (the rest have a top-k router margin <= 0.02, or route otherwise in bf16)\n";
-  const double range = want32.abs().max().item<double>();
+              << " tokens (the rest have a top-k router margin <= 0.02, or route otherwise in a bf16 run)\n";
   EXPECT_LT(max_abs_diff(logits.index({keep}), want16.index({keep})), frac * range) << name << ": logit range " << range;
   EXPECT_LT(max_abs_diff(logits.index({keep}), want32.index({keep})), frac * range) << name << ": logit range " << range;
 }

@@ -18,9 +18,9 @@ TEST_P(HFDeepseek, PaddedBatchMatchesOnRealTokens) { hf::check_padded(GetParam()
 TEST_P(HFDeepseek, GreedyGenerationMatchesHF) { hf::check_generate(GetParam()); }
 // 3% of the logit range: HF's own bf16 run of deepseek_v3 is 0.081 (2.1% of the range 3.93) from its fp32
 // logits on tokens that route alike, so 2% cannot be met; the low-rank chains (q_a -> norm -> q_b, kv_a ->
-// norm -> kv_b) round twice more than a Llama block. dots1: 6%, HF's own bf16 logits are up to 0.200 (5.7% of
-// the range 3.53) from its fp32 ones on such tokens (ours stay within 3% of HF's bf16 run).
-TEST_P(HFDeepseek, Bf16WithinStatedBound) { hf::check_bf16(GetParam(), GetParam() == "dots1" ? 0.06 : 0.03); }
+// norm -> kv_b) round twice more than a Llama block. dots1: 4%; HF's own bf16 logits there are up to 0.12 (3.4%
+// of the range 3.53) off its fp32 ones on tokens other than its two routing flips (0.20 and 0.86 off).
+TEST_P(HFDeepseek, Bf16WithinStatedBound) { hf::check_bf16(GetParam(), GetParam() == "dots1" ? 0.04 : 0.03); }
 
 // The experts HF's router chose (by biased sigmoid scores within the best groups, not by the top logits) are
 // the nonzeros of our routing weights, and our router logits are HF's.
