@@ -278,11 +278,13 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
   if (!j.contains("tie_word_embeddings") && !t.contains("tie_word_embeddings")) {
     static const char* untied_by_default[] = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
                                               "qwen3_moe", "olmo2", "olmoe", "phi3", "gpt_neox", "exaone4",
-                                              "granitemoe", "granitemoeshared", "olmo3"};
+                                              "granitemoe", "granitemoeshared", "olmo3", "gpt_oss", "deepseek_v2",
+                                              "deepseek_v3", "glm4_moe", "dots1"};
     for (const char* a : untied_by_default)
       if (c.model_type == a) c.tie_word_embeddings = false;
   }
-  c.attention_bias = json_bool(t, "attention_bias", c.model_type == "qwen2" || c.model_type == "qwen2_moe", where);
+  c.attention_bias = json_bool(t, "attention_bias",
+                               c.model_type == "qwen2" || c.model_type == "qwen2_moe" || c.model_type == "gpt_oss", where);
   c.mlp_bias = json_bool(t, "mlp_bias", false, where);
   c.qk_norm = c.model_type == "qwen3" || c.model_type == "qwen3_moe" || c.model_type == "gemma3" ||
               c.model_type == "gemma3_text" || c.model_type == "olmo2" || c.model_type == "olmoe" ||

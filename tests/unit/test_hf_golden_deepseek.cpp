@@ -131,6 +131,16 @@ TEST(HFDeepseekSites, MtpLayerIsIgnored) {
   hf::expect_close(m->forward(g.ref.at("input_ids").to(test_device())), g.ref.at("logits"), 1e-4, "with an MTP layer");
 }
 
+// Without tie_word_embeddings in config.json the lm_head is untied, as these config classes default.
+TEST(HFDeepseekSites, UntiedByDefault) {
+  for (const char* name : {"deepseek_v3", "deepseek_v2", "glm4_moe", "dots1"}) {
+    auto g = hf::load_golden(name);
+    nlohmann::json j = g.config.raw;
+    j.erase("tie_word_embeddings");
+    hf::expect_close(hf::logits_with(g, j), g.ref.at("logits"), 1e-4, std::string(name) + " without tie_word_embeddings");
+  }
+}
+
 TEST(HFDeepseekSites, BadConfigsAreRefused) {
   auto g = hf::load_golden("deepseek_v3");
   auto err = [&](const char* key, nlohmann::json v) {

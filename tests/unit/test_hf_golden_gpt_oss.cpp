@@ -105,6 +105,15 @@ TEST(HFGptOssMxfp4, BrokenPackedExpertsAreRefused) {
             std::string::npos);
 }
 
+// An absent key means GptOssConfig's default: untied lm_head, q/k/v/o biases, layer types alternating from a
+// sliding first layer.
+TEST(HFGptOssSites, AbsentKeysTakeTheConfigClassDefaults) {
+  auto g = hf::load_golden("gpt_oss");
+  nlohmann::json j = g.config.raw;
+  for (const char* k : {"tie_word_embeddings", "attention_bias", "layer_types"}) j.erase(k);
+  hf::expect_close(hf::logits_with(g, j), g.ref.at("logits"), 1e-4, "gpt_oss without the defaulted keys");
+}
+
 TEST(HFGptOssSites, BadConfigsAreRefused) {
   auto g = hf::load_golden("gpt_oss");
   nlohmann::json j = g.config.raw;
