@@ -80,7 +80,7 @@ class BloomModel : public FamilyModel {
     }
     out[P + "ln_f.weight"] = {d};
     out[P + "ln_f.bias"] = {d};
-    if (!c.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {c.d_vocab, d};
+    expect_lm_head(out, d);
     return out;
   }
 
@@ -139,7 +139,7 @@ class BloomModel : public FamilyModel {
     emb_ln_b_ = opt_weight(P + "word_embeddings_layernorm.bias");
     norm_w_ = opt_weight(P + "ln_f.weight");
     norm_b_ = opt_weight(P + "ln_f.bias");
-    head_w_ = has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
+    head_w_ = lm_head_or_embedding();
   }
 
   void add_layer_expected(int, std::map<std::string, std::vector<int64_t>>&) const override {}

@@ -61,7 +61,7 @@ class FalconModel : public FamilyModel {
     }
     out["transformer.ln_f.weight"] = {d};
     out["transformer.ln_f.bias"] = {d};
-    if (!c.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {c.d_vocab, d};
+    expect_lm_head(out, d);
     return out;
   }
 
@@ -131,7 +131,7 @@ class FalconModel : public FamilyModel {
     embed_w_ = opt_weight("transformer.word_embeddings.weight");
     norm_w_ = opt_weight("transformer.ln_f.weight");
     norm_b_ = opt_weight("transformer.ln_f.bias");
-    head_w_ = has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
+    head_w_ = lm_head_or_embedding();
   }
 
   void add_layer_expected(int, std::map<std::string, std::vector<int64_t>>&) const override {}

@@ -138,6 +138,26 @@ at::Tensor FamilyModel::learned_positions(const Context& ctx, Hooks& H, const at
   return H(site, at::embedding(wpe, offset ? ctx.positions + offset : ctx.positions));  // [b, t, d]
 }
 
+void FamilyModel::bind_gpt2_norms_and_mlp(int i, const std::string& p) {
+  LayerWeights& l = lw_[i];
+  l.ln1 = opt_weight(p + "ln_1.weight");
+  l.ln1_b = opt_weight(p + "ln_1.bias");
+  l.ln2 = opt_weight(p + "ln_2.weight");
+  l.ln2_b = opt_weight(p + "ln_2.bias");
+  l.up = opt_weight(p + "mlp.c_fc.weight");
+  l.up_b = opt_weight(p + "mlp.c_fc.bias");
+  l.down = opt_weight(p + "mlp.c_proj.weight");
+  l.down_b = opt_weight(p + "mlp.c_proj.bias");
+}
+
+at::Tensor FamilyModel::lm_head_or_embedding() const {
+  return has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
+}
+
+void FamilyModel::expect_lm_head(std::map<std::string, std::vector<int64_t>>& out, int64_t width) const {
+  if (!config_.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {config_.d_vocab, width};
+}
+
 at::Tensor FamilyModel::routed_experts(const at::Tensor& x, at::Tensor weights, const at::Tensor& chosen, int64_t b,
                                        int64_t t, int routing_site, const std::vector<int>& expert_sites, Hooks& H,
                                        const std::function<at::Tensor(int64_t, const at::Tensor&)>& expert) const {

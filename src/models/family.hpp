@@ -79,6 +79,13 @@ class FamilyModel : public LlamaModel {
   at::Tensor routed_experts(const at::Tensor& x, at::Tensor weights, const at::Tensor& chosen, int64_t b, int64_t t,
                             int routing_site, const std::vector<int>& expert_sites, Hooks& H,
                             const std::function<at::Tensor(int64_t e, const at::Tensor& xe)>& expert) const;
+  // GPT-2-style block weights of layer i, named under p (e.g. "transformer.h.3."): ln_1 / ln_2 and the MLP's
+  // mlp.c_fc / mlp.c_proj as nn.Linear, weights and biases, into lw_[i] (GPT-Neo, GPTBigCode).
+  void bind_gpt2_norms_and_mlp(int i, const std::string& p);
+  // The output projection: lm_head.weight when the checkpoint has one, else the (tied) embedding embed_w_.
+  at::Tensor lm_head_or_embedding() const;
+  // Expects lm_head.weight [d_vocab, width] unless the head is tied and the checkpoint leaves it out.
+  void expect_lm_head(std::map<std::string, std::vector<int64_t>>& out, int64_t width) const;
   // Learned absolute positions: rows ctx.positions + offset of wpe [n_rows, d] through `site` ([b, t, d]);
   // a position past the table is an error naming the family (OPT's table has offset = 2 extra rows).
   at::Tensor learned_positions(const Context& ctx, Hooks& H, const at::Tensor& wpe, int site, int64_t offset,

@@ -58,7 +58,7 @@ class GPT2Model : public FamilyModel {
     out[P + "ln_f.weight"] = {d};
     out[P + "ln_f.bias"] = {d};
     // Tied checkpoints usually omit lm_head; one that carries it anyway is used as given.
-    if (!c.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {c.d_vocab, d};
+    expect_lm_head(out, d);
     return out;
   }
 
@@ -112,7 +112,7 @@ class GPT2Model : public FamilyModel {
     wpe_ = opt_weight(prefix_ + "wpe.weight");
     norm_w_ = opt_weight(prefix_ + "ln_f.weight");
     norm_b_ = opt_weight(prefix_ + "ln_f.bias");
-    head_w_ = has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
+    head_w_ = lm_head_or_embedding();
   }
 
   void add_layer_expected(int, std::map<std::string, std::vector<int64_t>>&) const override {}

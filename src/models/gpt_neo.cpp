@@ -47,7 +47,7 @@ class GPTNeoModel : public FamilyModel {
     }
     out["transformer.ln_f.weight"] = {d};
     out["transformer.ln_f.bias"] = {d};
-    if (!c.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {c.d_vocab, d};
+    expect_lm_head(out, d);
     return out;
   }
 
@@ -85,25 +85,18 @@ class GPTNeoModel : public FamilyModel {
     for (int i = 0; i < config_.n_layers; ++i) {
       const std::string p = "transformer.h." + std::to_string(i) + ".";
       LayerWeights& l = lw_[i];
-      l.ln1 = opt_weight(p + "ln_1.weight");
-      l.ln2 = opt_weight(p + "ln_2.weight");
-      l.ln1_b = opt_weight(p + "ln_1.bias");
-      l.ln2_b = opt_weight(p + "ln_2.bias");
+      bind_gpt2_norms_and_mlp(i, p);
       l.q = opt_weight(p + "attn.attention.q_proj.weight");
       l.k = opt_weight(p + "attn.attention.k_proj.weight");
       l.v = opt_weight(p + "attn.attention.v_proj.weight");
       l.o = opt_weight(p + "attn.attention.out_proj.weight");
       l.ob = opt_weight(p + "attn.attention.out_proj.bias");
-      l.up = opt_weight(p + "mlp.c_fc.weight");
-      l.up_b = opt_weight(p + "mlp.c_fc.bias");
-      l.down = opt_weight(p + "mlp.c_proj.weight");
-      l.down_b = opt_weight(p + "mlp.c_proj.bias");
     }
     embed_w_ = opt_weight("transformer.wte.weight");
     wpe_ = opt_weight("transformer.wpe.weight");
     norm_w_ = opt_weight("transformer.ln_f.weight");
     norm_b_ = opt_weight("transformer.ln_f.bias");
-    head_w_ = has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
+    head_w_ = lm_head_or_embedding();
   }
 
   void add_layer_expected(int, std::map<std::string, std::vector<int64_t>>&) const override {}

@@ -46,7 +46,7 @@ class GPTJModel : public FamilyModel {
     out["transformer.ln_f.weight"] = {d};
     out["transformer.ln_f.bias"] = {d};
     // Tied checkpoints may omit lm_head.weight; the bias is always lm_head's own.
-    if (!c.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {c.d_vocab, d};
+    expect_lm_head(out, d);
     out["lm_head.bias"] = {c.d_vocab};
     return out;
   }
@@ -95,7 +95,7 @@ class GPTJModel : public FamilyModel {
     embed_w_ = opt_weight("transformer.wte.weight");
     norm_w_ = opt_weight("transformer.ln_f.weight");
     norm_b_ = opt_weight("transformer.ln_f.bias");
-    head_w_ = has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
+    head_w_ = lm_head_or_embedding();
     head_b_ = opt_weight("lm_head.bias");
   }
 

@@ -68,7 +68,7 @@ class MptModel : public FamilyModel {
       out[p + "ffn.down_proj.weight"] = {d, f};
     }
     out["transformer.norm_f.weight"] = {d};
-    if (!c.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {c.d_vocab, d};
+    expect_lm_head(out, d);
     return out;
   }
 
@@ -110,7 +110,7 @@ class MptModel : public FamilyModel {
     }
     embed_w_ = opt_weight("transformer.wte.weight");
     norm_w_ = opt_weight("transformer.norm_f.weight");
-    head_w_ = has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
+    head_w_ = lm_head_or_embedding();
   }
 
   void add_layer_expected(int, std::map<std::string, std::vector<int64_t>>&) const override {}

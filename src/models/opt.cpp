@@ -87,7 +87,7 @@ class OPTModel : public FamilyModel {
       out[P + "final_layer_norm.weight"] = {d};
       out[P + "final_layer_norm.bias"] = {d};
     }
-    if (!c.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {c.d_vocab, e};
+    expect_lm_head(out, e);
     return out;
   }
 
@@ -153,7 +153,7 @@ class OPTModel : public FamilyModel {
     project_out_ = opt_weight(P + "project_out.weight");
     norm_w_ = opt_weight(P + "final_layer_norm.weight");
     norm_b_ = opt_weight(P + "final_layer_norm.bias");
-    head_w_ = has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
+    head_w_ = lm_head_or_embedding();
   }
 
   void add_layer_expected(int, std::map<std::string, std::vector<int64_t>>&) const override {}

@@ -60,7 +60,7 @@ class PhiModel : public FamilyModel {
     out["model.final_layernorm.weight"] = {d};
     out["model.final_layernorm.bias"] = {d};
     // Tied checkpoints may omit lm_head.weight; the bias is always lm_head's own.
-    if (!c.tie_word_embeddings || has_weight("lm_head.weight")) out["lm_head.weight"] = {c.d_vocab, d};
+    expect_lm_head(out, d);
     out["lm_head.bias"] = {c.d_vocab};
     return out;
   }
@@ -120,7 +120,7 @@ class PhiModel : public FamilyModel {
     embed_w_ = opt_weight("model.embed_tokens.weight");
     norm_w_ = opt_weight("model.final_layernorm.weight");
     norm_b_ = opt_weight("model.final_layernorm.bias");
-    head_w_ = has_weight("lm_head.weight") ? opt_weight("lm_head.weight") : embed_w_;
+    head_w_ = lm_head_or_embedding();
     head_b_ = opt_weight("lm_head.bias");
   }
 
